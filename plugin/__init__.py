@@ -1,0 +1,1 @@
+"""evagg.plugin: the mosaik layer."""

@@ -1,0 +1,1 @@
+"""evagg.scenarios: runnable mosaik scenarios and the `evagg` command."""

@@ -1,0 +1,1 @@
+"""evagg.simulators: the models, free of mosaik (fleet, reference signals, dispatch engine)."""

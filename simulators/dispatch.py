@@ -1,0 +1,186 @@
+"""One entry point for every dispatch method: `dispatch(fleet, reference, method=...)`.
+
+Each method is a function `solve(problem, p_ref_kw, *, time_limit_s) -> MethodOutput`. This module times it,
+checks its answer against every constraint of the spec, falls back to a feasible dispatch when a solver fails,
+times out or returns something infeasible (and says so), and computes the metrics.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from .fleet import Fleet
+from .problem import Problem, make_feasible
+from .reference import Reference
+
+log = logging.getLogger(__name__)
+
+# method name -> "module:function" (imported on first use, so that e.g. pyomo loads only for `exact`)
+METHODS = {
+    "exact": "exact:solve_exact",
+    "dchr": "relaxation:solve_dchr",
+    "dcls": "dcls:solve_dcls",
+    "uncontrolled": "baselines:solve_uncontrolled",
+    "edf": "baselines:solve_edf",
+    "round_robin": "baselines:solve_round_robin",
+}
+
+
+@dataclass
+class MethodOutput:
+    """What a method returns: (N, T) charge and discharge powers in kW, and how it got there."""
+
+    pc: np.ndarray
+    pd: np.ndarray
+    status: str = "optimal"  # optimal | feasible | time_limit | fallback | failed
+    message: str = ""
+    iterations: int = 0
+    lower_bound: float | None = None  # kW^2, a proven lower bound on the tracking SSE of any feasible dispatch
+    mip_gap: float | None = None  # relative gap proven by the exact solver
+
+
+@dataclass
+class DispatchResult:
+    """A dispatch and its metrics. Powers (N, T) in kW, energies (N, T) in kWh at the end of each step."""
+
+    problem: Problem
+    ev_id: np.ndarray
+    p_ref_kw: np.ndarray
+    pc: np.ndarray
+    pd: np.ndarray
+    energy: np.ndarray
+    method: str
+    status: str
+    message: str
+    solve_time_s: float
+    iterations: int
+    lower_bound: float | None
+    mip_gap: float | None
+    violations: dict = field(default_factory=dict)
+
+    @property
+    def aggregate_kw(self) -> np.ndarray:
+        """(T,) the fleet's net power, + = drawn from the grid."""
+        return (self.pc - self.pd).sum(axis=0)
+
+    @property
+    def sse(self) -> float:
+        return float(np.sum((self.aggregate_kw - self.p_ref_kw) ** 2))
+
+    @property
+    def rmse(self) -> float:
+        return float(np.sqrt(self.sse / max(len(self.p_ref_kw), 1)))
+
+    @property
+    def shortfall_kwh(self) -> np.ndarray:
+        return self.problem.shortfall(self.energy)
+
+    @property
+    def gap_to_bound(self) -> float | None:
+        """Relative excess of the SSE over the lower bound (None where no bound was computed)."""
+        if self.lower_bound is None:
+            return None
+        return (self.sse - self.lower_bound) / max(self.lower_bound, 1e-9)
+
+    def to_frame(self) -> pd.DataFrame:
+        """The dispatch result table of the spec: one row per plugged (EV, step), in time then EV order."""
+        plugged = self.problem.plugged
+        t_idx, i_idx = np.nonzero(plugged.T)
+        return pd.DataFrame(
+            {
+                "time": pd.to_datetime(self.problem.times[t_idx]),
+                "ev_id": self.ev_id[i_idx],
+                "p_charge_kw": self.pc[i_idx, t_idx],
+                "p_discharge_kw": self.pd[i_idx, t_idx],
+                "energy_kwh": self.energy[i_idx, t_idx],
+            }
+        )
+
+    def summary(self) -> dict:
+        """Headline figures, JSON-ready."""
+        short = self.shortfall_kwh
+        return {
+            "method": self.method,
+            "status": self.status,
+            "message": self.message,
+            "n_evs": int(len(self.ev_id)),
+            "n_steps": int(self.problem.n_steps),
+            "sse_kw2": self.sse,
+            "rmse_kw": self.rmse,
+            "lower_bound_kw2": self.lower_bound,
+            "gap_to_bound": self.gap_to_bound,
+            "mip_gap": self.mip_gap,
+            "shortfall_kwh": float(short.sum()),
+            "evs_with_shortfall": int(np.sum(short > 1e-6)),
+            "violations": self.violations,
+            "solve_time_s": self.solve_time_s,
+            "iterations": self.iterations,
+        }
+
+    def summary_json(self) -> str:
+        return json.dumps(self.summary(), sort_keys=False)
+
+
+def method_function(method: str):
+    try:
+        target = METHODS[method]
+    except KeyError:
+        raise ValueError(f"unknown dispatch method {method!r}; choose one of {', '.join(METHODS)}") from None
+    module, func = target.split(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), func)
+
+
+def dispatch(
+    fleet: Fleet,
+    reference: Reference,
+    method: str = "dcls",
+    time_limit_s: float | None = None,
+    problem: Problem | None = None,
+) -> DispatchResult:
+    """Dispatch `fleet` to follow `reference` over the reference's whole horizon with `method`.
+
+    Never raises for a solver's failure: the result then holds a feasible fallback and says so in
+    `status` / `message`. `problem` may be passed to reuse one already built for this fleet and time grid.
+    """
+    solve = method_function(method)
+    if problem is None:
+        problem = Problem.build(fleet, reference.start, reference.step, reference.n_steps)
+    p_ref = np.asarray(reference.p_ref_kw, dtype=float)
+    t0 = time.perf_counter()
+    try:
+        out = solve(problem, p_ref, time_limit_s=time_limit_s)
+    except Exception as exc:  # a solver must never crash the caller: fall back and say why
+        log.exception("dispatch method %s failed", method)
+        out = _fallback(problem, p_ref, f"{method} failed ({type(exc).__name__}: {exc}); fell back to uncontrolled")
+    pc, pd = out.pc, out.pd
+    violations = problem.violations(pc, pd)
+    if any(violations.values()):
+        bad = {k: v for k, v in violations.items() if v}
+        pc, pd = make_feasible(problem, pc, pd)
+        out.message = (out.message + "; " if out.message else "") + f"repaired {bad} to a feasible dispatch"
+        violations = problem.violations(pc, pd)
+        if any(violations.values()):  # cannot happen if make_feasible is right; never hand out an infeasible plan
+            out = _fallback(problem, p_ref, f"{method} answer could not be repaired ({violations})")
+            pc, pd, violations = out.pc, out.pd, problem.violations(out.pc, out.pd)
+    elapsed = time.perf_counter() - t0
+    if out.status in ("fallback", "failed", "time_limit"):
+        log.warning("dispatch %s: %s", method, out.message)
+    return DispatchResult(
+        problem=problem, ev_id=fleet.ev_id, p_ref_kw=p_ref, pc=pc, pd=pd, energy=problem.energy(pc, pd),
+        method=method, status=out.status, message=out.message, solve_time_s=elapsed, iterations=out.iterations,
+        lower_bound=out.lower_bound, mip_gap=out.mip_gap, violations=violations,
+    )
+
+
+def _fallback(problem: Problem, p_ref: np.ndarray, message: str) -> MethodOutput:
+    from .baselines import solve_uncontrolled
+
+    out = solve_uncontrolled(problem, p_ref)
+    out.status, out.message = "fallback", message
+    return out
