@@ -1,0 +1,560 @@
+"""Reading, validating and writing the CSV tables of the data conventions (docs: design/dispatch-model.md).
+
+Tables (kW, kWh, fractions; times ISO 8601):
+
+- sessions: one row per plug-in session; required columns ``ev_id, arrival, departure, energy_initial_kwh,
+  energy_target_kwh, capacity_kwh, p_charge_max_kw, p_discharge_max_kw, eta_charge, eta_discharge``; optional
+  ``energy_min_kwh`` (default 0; an empty cell means the default) and ``bus`` (a non-negative integer grid bus
+  index); any further columns are kept as they came.
+- reference signal: ``time, p_ref_kw`` on a regular grid of whole seconds, at least one row.
+- dispatch result (long form): ``time, ev_id, p_charge_kw, p_discharge_kw, energy_kwh``.
+
+Times: ISO 8601. Times with a UTC offset are converted to UTC and made naive; naive times are taken as they are
+(i.e. as UTC), the same way for sessions and signal. Arrivals with a fraction of a second are rounded up and
+departures rounded down to the whole second (never lengthening a session); signal times must be whole seconds.
+
+Every problem in an input file raises `InputError`, whose message names the file, the physical line of the CSV
+file (the header is line 1, so the first data row is line 2), the column, the offending value and what is wrong:
+``sessions.csv line 7, column capacity_kwh: value -3 must be > 0``. The first problem (by line, then column
+order) is the message; all problems found are in `InputError.problems`.
+
+Writers are atomic: the table goes to a temporary file in the target's directory, which then replaces the target
+(`os.replace`), so a reader never sees a half-written file and a failure leaves no partial file. Floats are written
+with Python's shortest round-trip representation, so reading a file back gives exactly the values written.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .fleet import NUMERIC_SESSION_COLUMNS, OPTIONAL_SESSION_COLUMNS, SESSION_COLUMNS, Fleet
+from .reference import Reference
+
+__all__ = [
+    "InputError",
+    "InputProblem",
+    "read_sessions",
+    "validate_sessions",
+    "read_reference",
+    "validate_reference",
+    "read_dispatch",
+    "write_sessions",
+    "write_reference",
+    "write_dispatch",
+    "SIGNAL_COLUMNS",
+    "DISPATCH_COLUMNS",
+    "TIME_FORMAT",
+]
+
+SIGNAL_COLUMNS = ("time", "p_ref_kw")
+DISPATCH_COLUMNS = ("time", "ev_id", "p_charge_kw", "p_discharge_kw", "energy_kwh")
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+
+_ENERGY_COLUMNS = ("energy_initial_kwh", "energy_target_kwh", "energy_min_kwh")
+_POWER_COLUMNS = ("p_charge_max_kw", "p_discharge_max_kw")
+_ETA_COLUMNS = ("eta_charge", "eta_discharge")
+_MAX_LISTED = 20  # problems kept in InputError.problems (the count of all is in InputError.n_problems)
+
+
+@dataclass(frozen=True)
+class InputProblem:
+    """One problem found in an input table. `line` is the physical line in the file (header = line 1)."""
+
+    line: int | None
+    column: str | None
+    value: str | None
+    what: str
+
+    def describe(self, source: str) -> str:
+        where = source
+        if self.line is not None:
+            where += f" line {self.line}"
+        if self.column is not None:
+            where += f", column {self.column}"
+        if self.value is None:
+            return f"{where}: {self.what}"
+        return f"{where}: value {_show(self.value)} {self.what}"
+
+
+class InputError(ValueError):
+    """A problem in an input table. str(error) is one line naming file, line, column, value and the problem."""
+
+    def __init__(self, source: str, problems: list[InputProblem], n_problems: int | None = None):
+        self.source = str(source)
+        self.problems = list(problems)
+        self.n_problems = len(self.problems) if n_problems is None else int(n_problems)
+        first = self.problems[0]
+        self.line, self.column, self.value, self.what = first.line, first.column, first.value, first.what
+        message = first.describe(self.source)
+        if self.n_problems > 1:
+            more = self.n_problems - 1
+            message += f" (and {more} more problem{'s' if more > 1 else ''} in this file)"
+        super().__init__(message)
+
+    def __reduce__(self):  # picklable (e.g. across processes) despite the custom constructor
+        return (InputError, (self.source, self.problems, self.n_problems))
+
+    def describe_all(self) -> str:
+        """Every listed problem, one per line."""
+        lines = [p.describe(self.source) for p in self.problems]
+        if self.n_problems > len(self.problems):
+            lines.append(f"... and {self.n_problems - len(self.problems)} more")
+        return "\n".join(lines)
+
+
+def _show(value: str) -> str:
+    """A cell's text as shown in messages: quoted when empty or holding spaces or commas."""
+    if value == "" or any(ch.isspace() for ch in value) or "," in value:
+        return repr(value)
+    return value
+
+
+class _Problems:
+    """Collects problems found column-wise (vectorised) and raises the first ones by (line, column order)."""
+
+    def __init__(self, source: str, lines: np.ndarray, column_order: list[str]):
+        self.source = source
+        self.lines = lines
+        self.order = {c: k for k, c in enumerate(column_order)}
+        self.found: list[tuple[int, int, InputProblem]] = []
+        self.count = 0
+
+    def add(self, mask, column: str, texts, what) -> None:
+        """Rows where `mask` holds have a problem in `column`; `what` is a string or a function of the row."""
+        idx = np.flatnonzero(np.asarray(mask, dtype=bool))
+        if idx.size == 0:
+            return
+        self.count += idx.size
+        for i in idx[:_MAX_LISTED]:
+            problem = InputProblem(int(self.lines[i]), column, texts[i], what(i) if callable(what) else what)
+            self.found.append((problem.line, self.order.get(column, len(self.order)), problem))
+
+    def add_file(self, what: str, line: int | None = None, column: str | None = None) -> None:
+        self.count += 1
+        self.found.append((line or 0, -1, InputProblem(line, column, None, what)))
+
+    def raise_if_any(self) -> None:
+        if self.found:
+            self.found.sort(key=lambda x: (x[0], x[1]))
+            raise InputError(self.source, [p for _, _, p in self.found[:_MAX_LISTED]], self.count)
+
+
+# ----------------------------------------------------------------------------------------------- reading CSV
+
+
+def _read_csv_text(path, required=()) -> tuple[pd.DataFrame, np.ndarray]:
+    """The table of `path` as stripped strings, with the physical line number of each data row.
+
+    Checks the header (names, duplicates, the `required` columns) before any row, then each row's field count.
+    """
+    source = str(path)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            header = None
+            header_line = 0
+            rows, lines = [], []
+            prev = 0
+            for row in reader:
+                start = prev + 1
+                prev = reader.line_num
+                if not any(cell.strip() for cell in row):
+                    continue  # blank line
+                if header is None:
+                    header, header_line = [c.strip() for c in row], start
+                    _check_header(header, header_line, required, source)
+                    continue
+                cells = [c.strip() for c in row]
+                if len(cells) > len(header) and not any(cells[len(header):]):
+                    cells = cells[: len(header)]  # trailing empty fields (e.g. a trailing comma)
+                if len(cells) != len(header):
+                    raise InputError(
+                        source,
+                        [InputProblem(start, None, None,
+                                 f"has {len(cells)} fields but the header (line {header_line}) has {len(header)}")],
+                    )
+                rows.append(cells)
+                lines.append(start)
+    except UnicodeDecodeError as exc:
+        raise InputError(source, [InputProblem(None, None, None, f"is not UTF-8 text ({exc.reason})")]) from None
+    except csv.Error as exc:
+        raise InputError(source, [InputProblem(reader.line_num, None, None, f"is not valid CSV ({exc})")]) from None
+    if header is None:
+        raise InputError(source, [InputProblem(None, None, None, "is empty: no header line")])
+    frame = pd.DataFrame(rows, columns=header, dtype=object) if rows else pd.DataFrame(columns=header, dtype=object)
+    frame.attrs["header_line"] = header_line
+    return frame, np.asarray(lines, dtype=np.int64)
+
+
+def _check_header(header: list[str], header_line: int, required, source: str) -> None:
+    empty_names = [k + 1 for k, c in enumerate(header) if not c]
+    if empty_names:
+        raise InputError(source, [InputProblem(header_line, None, None, f"header field {empty_names[0]} has no name")])
+    seen = set()
+    for c in header:
+        if c in seen:
+            raise InputError(source, [InputProblem(header_line, c, None, "appears twice in the header")])
+        seen.add(c)
+    frame = pd.DataFrame(columns=header)
+    frame.attrs["header_line"] = header_line
+    _check_columns(frame, required, source)
+
+
+def _check_columns(frame: pd.DataFrame, required, source: str, header_line: int = 1) -> None:
+    """InputError naming every required column the header lacks."""
+    header_line = frame.attrs.get("header_line", header_line)
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        names = ", ".join(missing)
+        found = ", ".join(map(str, frame.columns)) or "none"
+        raise InputError(
+            source,
+            [InputProblem(header_line, None, None,
+                     f"missing required column{'s' if len(missing) > 1 else ''} {names} (found: {found})")],
+        )
+
+
+def _texts(col: pd.Series) -> np.ndarray:
+    """Each cell as the text a user sees (for messages): strings stripped, missing values as ''."""
+    out = np.empty(len(col), dtype=object)
+    for k, v in enumerate(col.to_numpy(dtype=object)):
+        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT:
+            out[k] = "" if v is None else str(v)
+        else:
+            out[k] = v.strip() if isinstance(v, str) else str(v)
+    return out
+
+
+def _is_empty(col: pd.Series) -> np.ndarray:
+    values = col.to_numpy(dtype=object)
+    return np.fromiter(
+        (v is None or (isinstance(v, str) and not v.strip()) for v in values), dtype=bool, count=len(values)
+    )
+
+
+def _parse_floats(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(values, empty): the column as floats, NaN where a cell is empty or no number, and which cells are empty.
+
+    Text is parsed with Python's correctly rounded conversion (pandas' fast parser is not), so the shortest
+    round-trip text of a float written by the writers reads back as exactly that float.
+    """
+    empty = _is_empty(col)
+    if col.dtype != object:
+        try:
+            return col.to_numpy(dtype=float), empty
+        except (TypeError, ValueError):
+            col = col.astype(object)
+    values = np.full(len(col), np.nan)
+    cells = col.to_numpy(dtype=object)
+    full = ~empty
+    texts = np.array([v.strip() if isinstance(v, str) else v for v in cells[full]], dtype=object)
+    try:
+        values[full] = texts.astype(str).astype(np.float64) if all(isinstance(v, str) for v in texts) \
+            else texts.astype(np.float64)
+    except (TypeError, ValueError):
+        for k, v in zip(np.flatnonzero(full), texts):
+            try:
+                values[k] = float(v)
+            except (TypeError, ValueError):
+                pass
+    return values, empty
+
+
+def _numbers(col: pd.Series, column: str, texts: np.ndarray, problems: _Problems, required=True) -> np.ndarray:
+    """Column as floats; records empty, unparseable, NaN and infinite cells. Bad cells become NaN."""
+    values, empty = _parse_floats(col)
+    bad = np.isnan(values) & ~empty
+    if bad.any():
+        # Distinguish a literal NaN from text that is no number at all.
+        literal_nan = np.zeros(len(values), dtype=bool)
+        for i in np.flatnonzero(bad):
+            try:
+                literal_nan[i] = np.isnan(float(texts[i]))
+            except (TypeError, ValueError):
+                pass
+        problems.add(literal_nan, column, texts, "is NaN: a number is required")
+        problems.add(bad & ~literal_nan, column, texts, "is not a number")
+    if required:
+        problems.add(empty, column, texts, "is empty: a number is required")
+    problems.add(np.isinf(values), column, texts, "must be finite")
+    values = np.where(np.isinf(values), np.nan, values)
+    return values
+
+
+def _times(col: pd.Series, column: str, texts: np.ndarray, problems: _Problems) -> pd.Series:
+    """Column as naive UTC timestamps (datetime64[ns]); records empty and unparseable cells (NaT)."""
+    empty = _is_empty(col)
+    if col.dtype == object:
+        col = col.map(lambda v: v.strip() if isinstance(v, str) else v)
+    try:
+        ts = pd.to_datetime(col.where(~empty, None), format="ISO8601", utc=True, errors="coerce")
+    except (TypeError, ValueError):  # e.g. mixed objects pandas cannot handle as a whole: go cell by cell
+        ts = pd.Series([_one_time(v) for v in col], index=col.index, dtype="datetime64[ns, UTC]")
+    ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
+    bad = ts.isna().to_numpy() & ~empty
+    problems.add(empty, column, texts, "is empty: an ISO 8601 time is required")
+    problems.add(bad, column, texts, "is not a valid ISO 8601 time (e.g. 2026-06-01T18:30:00)")
+    return ts.reset_index(drop=True)
+
+
+def _one_time(v):
+    try:
+        return pd.to_datetime(v, format="ISO8601", utc=True)
+    except (TypeError, ValueError):
+        return pd.NaT
+
+
+# ----------------------------------------------------------------------------------------------- sessions
+
+
+def read_sessions(path) -> Fleet:
+    """The fleet of the sessions table at `path` (CSV), validated; raises `InputError` naming the first problem."""
+    frame, lines = _read_csv_text(path, SESSION_COLUMNS)
+    return Fleet.from_frame(validate_sessions(frame, source=str(path), lines=lines))
+
+
+def validate_sessions(frame: pd.DataFrame, source: str = "sessions", lines=None) -> pd.DataFrame:
+    """The cleaned sessions frame, or `InputError` for the first problem of `frame`.
+
+    `frame` may hold text (as read from CSV) or typed values. `source` names the table in messages; `lines` gives
+    the file line of each row (default: row k is on line k + 2, the header on line 1).
+
+    The cleaned frame has the required columns (numbers as float, times as naive UTC datetime64 whole seconds),
+    `energy_min_kwh` (0 where absent or empty), `bus` (int64) if present, then the extra columns as they came (text
+    from a CSV file, stripped), in the order of the sessions table, with a fresh index.
+    """
+    source = str(source)
+    attrs = dict(frame.attrs)
+    frame = frame.reset_index(drop=True)
+    frame.attrs.update(attrs)
+    lines = np.arange(len(frame), dtype=np.int64) + 2 if lines is None else np.asarray(lines, dtype=np.int64)
+    if len(lines) != len(frame):
+        raise ValueError(f"lines has {len(lines)} entries for {len(frame)} rows")
+    frame.columns = [str(c).strip() for c in frame.columns]
+    _check_columns(frame, SESSION_COLUMNS, source)
+    order = list(frame.columns)
+    problems = _Problems(source, lines, order)
+    texts = {c: _texts(frame[c]) for c in frame.columns if c in SESSION_COLUMNS or c in OPTIONAL_SESSION_COLUMNS}
+
+    # ev_id: present and unique
+    ev_text = texts["ev_id"]
+    ev_empty = ev_text == ""
+    problems.add(ev_empty, "ev_id", ev_text, "is empty: every session needs an ev_id")
+    ids = pd.Series(ev_text)
+    dup = ids.duplicated(keep="first").to_numpy() & ~ev_empty
+    if dup.any():
+        firsts = ~ids.duplicated(keep="first").to_numpy()
+        first_line = dict(zip(ev_text[firsts], lines[firsts]))
+        problems.add(dup, "ev_id", ev_text, lambda i: f"duplicates the ev_id of line {first_line[ev_text[i]]}")
+
+    # times
+    arr_ts = _times(frame["arrival"], "arrival", texts["arrival"], problems).dt.ceil("s")
+    dep_ts = _times(frame["departure"], "departure", texts["departure"], problems).dt.floor("s")
+    both = (~arr_ts.isna() & ~dep_ts.isna()).to_numpy()
+    not_after = np.zeros(len(frame), dtype=bool)
+    not_after[both] = (dep_ts[both] <= arr_ts[both]).to_numpy()
+    problems.add(not_after, "departure", texts["departure"],
+                 lambda i: f"must be after the arrival {texts['arrival'][i]}")
+
+    # numbers
+    num = {}
+    for c in NUMERIC_SESSION_COLUMNS:
+        if c in frame.columns:
+            num[c] = _numbers(frame[c], c, texts[c], problems, required=c in SESSION_COLUMNS)
+    if "energy_min_kwh" in num:
+        num["energy_min_kwh"] = np.where(_is_empty(frame["energy_min_kwh"]), 0.0, num["energy_min_kwh"])
+    else:
+        num["energy_min_kwh"] = np.zeros(len(frame))
+    with np.errstate(invalid="ignore"):
+        cap = num["capacity_kwh"]
+        problems.add(cap <= 0, "capacity_kwh", texts["capacity_kwh"], "must be > 0")
+        for c in _ETA_COLUMNS:
+            v = num[c]
+            problems.add((v <= 0) | (v > 1), c, texts[c], "must be in (0, 1] (an efficiency, not a percentage)")
+        for c in _POWER_COLUMNS:
+            problems.add(num[c] < 0, c, texts[c], "must be >= 0 kW")
+        for c in _ENERGY_COLUMNS:
+            if c in texts:
+                problems.add(num[c] < 0, c, texts[c], "must be >= 0 kWh")
+        e0 = num["energy_initial_kwh"]
+        cap_ok = cap > 0
+        problems.add(cap_ok & (e0 >= 0) & (e0 > cap), "energy_initial_kwh", texts["energy_initial_kwh"],
+                     lambda i: f"exceeds the capacity {texts['capacity_kwh'][i]} kWh")
+        if "energy_min_kwh" in texts:
+            em = num["energy_min_kwh"]
+            problems.add(cap_ok & (em >= 0) & (em > cap), "energy_min_kwh", texts["energy_min_kwh"],
+                         lambda i: f"exceeds the capacity {texts['capacity_kwh'][i]} kWh")
+
+    # bus: a non-negative integer (3 and 3.0 both accepted)
+    bus = None
+    if "bus" in frame.columns:
+        bt = texts["bus"]
+        bv = _numbers_quiet(frame["bus"])
+        bad = ~np.isfinite(bv) | (bv < 0) | (np.floor(bv) != bv)
+        problems.add(bad, "bus", bt, "must be a non-negative integer (a grid bus index)")
+        bus = np.where(bad, 0, bv).astype(np.int64)
+
+    problems.raise_if_any()
+
+    out = {"ev_id": pd.Series(ev_text, dtype=object),
+           "arrival": arr_ts.astype("datetime64[s]"), "departure": dep_ts.astype("datetime64[s]")}
+    for c in SESSION_COLUMNS[3:]:
+        out[c] = num[c]
+    out["energy_min_kwh"] = num["energy_min_kwh"]
+    if bus is not None:
+        out["bus"] = bus
+    known = set(SESSION_COLUMNS) | set(OPTIONAL_SESSION_COLUMNS)
+    for c in frame.columns:
+        if c not in known:
+            out[c] = _as_came(frame[c])
+    return pd.DataFrame(out)
+
+
+def _numbers_quiet(col: pd.Series) -> np.ndarray:
+    return _parse_floats(col)[0]
+
+
+def _as_came(col: pd.Series) -> pd.Series:
+    """An extra column as it came: text cells stripped, never reinterpreted (an id like 00123 stays text)."""
+    if col.dtype != object:
+        return col.reset_index(drop=True)
+    return col.map(lambda v: v.strip() if isinstance(v, str) else v).reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------------------------- signal
+
+
+def read_reference(path, step_s: float | None = None) -> Reference:
+    """The reference signal table at `path` (CSV: time, p_ref_kw), validated; raises `InputError`.
+
+    The step is the spacing of the times. A signal of a single row does not show its step: pass `step_s`
+    (seconds) then; when given for a longer signal it must match the file's spacing.
+    """
+    frame, lines = _read_csv_text(path, SIGNAL_COLUMNS)
+    return validate_reference(frame, source=str(path), lines=lines, step_s=step_s)
+
+
+def validate_reference(frame: pd.DataFrame, source: str = "signal", lines=None, step_s: float | None = None) -> Reference:
+    """The `Reference` of a signal frame (time, p_ref_kw; text or typed), or `InputError` for its first problem."""
+    source = str(source)
+    attrs = dict(frame.attrs)
+    frame = frame.reset_index(drop=True)
+    frame.attrs.update(attrs)
+    lines = np.arange(len(frame), dtype=np.int64) + 2 if lines is None else np.asarray(lines, dtype=np.int64)
+    frame.columns = [str(c).strip() for c in frame.columns]
+    _check_columns(frame, SIGNAL_COLUMNS, source)
+    if len(frame) < 1:
+        raise InputError(source, [InputProblem(None, None, None, "has no data rows: the signal needs at least one")])
+    problems = _Problems(source, lines, list(frame.columns))
+    t_text = _texts(frame["time"])
+    p_text = _texts(frame["p_ref_kw"])
+    ts = _times(frame["time"], "time", t_text, problems)
+    p = _numbers(frame["p_ref_kw"], "p_ref_kw", p_text, problems)
+    ns = ts.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+    valid = ~ts.isna().to_numpy()
+    second = 1_000_000_000
+    step_ns = None
+    if step_s is not None:
+        step_ns = round(float(step_s) * second)
+        if step_ns <= 0 or step_ns % second:
+            raise ValueError(f"step_s must be a positive whole number of seconds, got {step_s}")
+    if valid.all():
+        if len(ns) >= 2:
+            d = np.diff(ns)
+            d0 = int(d[0])
+            nonpos = np.concatenate([[False], d <= 0])
+            frac = np.concatenate([[False], (d > 0) & (d % second != 0)])
+            ref = step_ns if step_ns is not None else d0
+            irregular = np.concatenate([[False], (d > 0) & (d % second == 0) & (d != ref)])
+            problems.add(nonpos, "time", t_text,
+                         lambda i: f"is not after the previous time {t_text[i - 1]} (line {lines[i - 1]}): "
+                                   "times must increase")
+            problems.add(frac, "time", t_text,
+                         lambda i: f"is {_secs(d[i - 1])} s after the previous time: the step must be a whole "
+                                   "number of seconds")
+            if step_ns is not None:
+                what = lambda i: f"is {_secs(d[i - 1])} s after the previous time, but the step given is {_secs(ref)} s"
+            else:
+                what = lambda i: (f"is {_secs(d[i - 1])} s after the previous time, but the first step (lines "
+                                  f"{lines[0]}-{lines[1]}) is {_secs(d0)} s: the time grid must be regular")
+            problems.add(irregular, "time", t_text, what)
+        elif step_ns is None:
+            problems.add_file(
+                "has a single row, which does not define the step: give the step (step_s; in the evagg "
+                "command --signal-step)", line=int(lines[0]), column="time")
+        problems.add(ns % second != 0, "time", t_text, "has a fraction of a second: times must be whole seconds")
+    problems.raise_if_any()
+    step = step_ns // second if step_ns is not None else int(ns[1] - ns[0]) // second
+    return Reference(start=np.datetime64(int(ns[0] // second), "s"), step=np.timedelta64(step, "s"), p_ref_kw=p)
+
+
+def _secs(ns: int) -> str:
+    return f"{ns / 1e9:g}"
+
+
+# ----------------------------------------------------------------------------------------------- dispatch result
+
+
+def read_dispatch(path) -> pd.DataFrame:
+    """The dispatch result table at `path` (time as datetime64, ev_id text, powers kW and energy kWh as float)."""
+    frame, lines = _read_csv_text(path, DISPATCH_COLUMNS)
+    source = str(path)
+    _check_columns(frame, DISPATCH_COLUMNS, source)
+    problems = _Problems(source, lines, list(frame.columns))
+    out = {"time": _times(frame["time"], "time", _texts(frame["time"]), problems)}
+    out["ev_id"] = pd.Series(_texts(frame["ev_id"]), dtype=object)
+    for c in DISPATCH_COLUMNS[2:]:
+        out[c] = _numbers(frame[c], c, _texts(frame[c]), problems)
+    problems.raise_if_any()
+    return pd.DataFrame(out)
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def write_sessions(fleet: Fleet, path) -> None:
+    """Write `fleet` as a sessions table (CSV) at `path`, atomically."""
+    _write_frame(fleet.to_frame(), path)
+
+
+def write_reference(reference: Reference, path) -> None:
+    """Write `reference` as a signal table (CSV: time, p_ref_kw) at `path`, atomically."""
+    _write_frame(reference.to_frame(), path)
+
+
+def write_dispatch(result, path) -> None:
+    """Write a `DispatchResult`'s table (``result.to_frame()``: time, ev_id, p_charge_kw, p_discharge_kw,
+    energy_kwh) as CSV at `path`, atomically. Floats round-trip exactly."""
+    _write_frame(result.to_frame(), path)
+
+
+def _write_frame(frame: pd.DataFrame, path) -> None:
+    _atomic_write(path, lambda f: frame.to_csv(f, index=False, date_format=TIME_FORMAT, lineterminator="\n"))
+
+
+def _atomic_write(path, write) -> None:
+    """Call `write(file)` on a temporary file next to `path`, then move it onto `path` (all or nothing)."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; give it the mode a plain open() would
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
