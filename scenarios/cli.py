@@ -1,0 +1,328 @@
+"""The `evagg` command: dispatch a fleet to follow a reference signal, make synthetic fleets and signals.
+
+Each subcommand is an entry of SUBCOMMANDS: name -> (help line, setup(parser), handler(args) -> exit code).
+Add one by writing those two functions and an entry (the `run` and `report` subcommands are planned).
+
+Exit codes: 0 success; 1 failure of the engine or the output; 2 bad command line or bad input data.
+Error messages go to stderr as one line ``evagg: error: ...``; stdout carries the result only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+
+from evagg.simulators.dispatch import METHODS
+from evagg.simulators.tables import (
+    InputError,
+    read_reference,
+    read_sessions,
+    write_dispatch,
+    write_reference,
+    write_sessions,
+)
+
+PROG = "evagg"
+
+SESSIONS_FORMAT = """\
+sessions table (CSV, one row per plug-in session, header on line 1):
+  ev_id                unique id of the session
+  arrival, departure   ISO 8601 times (e.g. 2026-06-01T18:30:00; with an offset they are converted to UTC)
+  energy_initial_kwh   battery energy at arrival, kWh
+  energy_target_kwh    energy wanted at departure, kWh
+  capacity_kwh         usable capacity, kWh (> 0)
+  p_charge_max_kw      charger power, kW (>= 0)
+  p_discharge_max_kw   V2G discharge power, kW (0 = no V2G)
+  eta_charge, eta_discharge   efficiencies in (0, 1]
+  optional: energy_min_kwh (floor, kWh, default 0), bus (grid bus index); other columns are kept"""
+
+SIGNAL_FORMAT = """\
+reference signal table (CSV): time (ISO 8601, a regular grid of whole seconds; step k covers
+  [time_k, time_k + step)), p_ref_kw (kW the fleet is asked to draw, grid side, + = load, - = injection)"""
+
+RESULT_FORMAT = """\
+result table (CSV, one row per plugged EV and step): time, ev_id, p_charge_kw, p_discharge_kw (kW, constant
+  over the step), energy_kwh (battery energy at the end of the step, kWh)"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the table descriptions as written (descriptions are wrapped by `_describe`)."""
+
+
+def _describe(text: str) -> str:
+    return textwrap.fill(" ".join(text.split()), width=100)
+
+
+# ----------------------------------------------------------------------------------------------- dispatch
+
+
+def _setup_dispatch(p: argparse.ArgumentParser) -> None:
+    p.description = _describe(
+        "Dispatch a fleet of EVs to follow a reference signal as closely as possible (least squares) while every "
+        "EV's limits and departure needs are met. Prints the summary (method, status, tracking SSE in kW^2, RMSE "
+        "in kW, energy shortfall in kWh, constraint violations, solve time in s) as one JSON line on stdout."
+    )
+    p.epilog = "\n\n".join([SESSIONS_FORMAT, SIGNAL_FORMAT, RESULT_FORMAT])
+    p.add_argument("--sessions", required=True, metavar="S.csv", type=Path,
+                   help="sessions table (CSV, format below): the plug-in sessions to dispatch")
+    p.add_argument("--signal", required=True, metavar="R.csv", type=Path,
+                   help="reference signal table (CSV, format below) in kW; its time grid is the dispatch horizon")
+    p.add_argument("--method", default="dcls", choices=list(METHODS),
+                   help="dispatch method: exact (MIQP, small fleets), dchr (convex-hull relaxation), dcls "
+                        "(decomposition-coordination least squares), or a baseline (uncontrolled = charge at once, "
+                        "edf = earliest departure first, round_robin); default: dcls")
+    p.add_argument("--out", required=True, metavar="RESULT.csv", type=Path,
+                   help="where to write the result table (CSV, format below); written only on success, atomically")
+    p.add_argument("--time-limit", type=_positive_float, default=None, metavar="SECONDS",
+                   help="wall-clock limit for the solver in seconds (default: none); on hitting it the best "
+                        "feasible dispatch found is returned and the summary's status says time_limit")
+    p.add_argument("--signal-step", type=_positive_int, default=None, metavar="SECONDS",
+                   help="step of the signal in seconds; needed only for a signal of a single row, otherwise "
+                        "checked against the spacing of its times (default: taken from the file)")
+
+
+def _cmd_dispatch(args) -> int:
+    from evagg.simulators.dispatch import dispatch
+
+    _check_out_dir(args.out)
+    fleet = read_sessions(args.sessions)
+    reference = read_reference(args.signal, step_s=args.signal_step)
+    result = dispatch(fleet, reference, method=args.method, time_limit_s=args.time_limit)
+    if not (np.all(np.isfinite(result.pc)) and np.all(np.isfinite(result.pd)) and np.all(np.isfinite(result.energy))):
+        # A dispatch with NaN / inf powers passes no constraint check meaningfully: never write it as a result.
+        return _error(f"the {args.method} method returned non-finite powers or energies ({result.status}: "
+                      f"{result.message}); no result written", 1)
+    write_dispatch(result, args.out)
+    print(result.summary_json(), flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- fleet
+
+
+def _setup_fleet(p: argparse.ArgumentParser) -> None:
+    p.description = _describe(
+        "Write a synthetic fleet of plug-in sessions (seeded, reproducible) and optionally a reference signal for "
+        "it. Patterns: home (arrive 17-21 h, leave 6-9 h next day; 3.7/7.4/11 kW), workplace (7-10 h to "
+        "15-19 h; 11/22 kW), depot vans (19-23 h to 5-7 h next day; 22 kW). Batteries 40-100 kWh, initial "
+        "energy 20-60 %, target 70-100 %, floor 10 % of capacity, efficiencies 0.90-0.97. Prints a one-line "
+        "JSON summary on stdout."
+    )
+    p.epilog = "\n\n".join([SESSIONS_FORMAT + "\n  (synthetic fleets add the column pattern)", SIGNAL_FORMAT])
+    p.add_argument("--n", required=True, type=_non_negative_int, metavar="N", help="number of plug-in sessions (one per EV, ids ev00000, ev00001, ...)")
+    p.add_argument("--seed", required=True, type=int, metavar="K", help="random seed: same seed, same fleet")
+    p.add_argument("--out", required=True, type=Path, metavar="SESSIONS.csv", help="where to write the sessions table")
+    p.add_argument("--v2g-share", type=_share, default=0.5, metavar="F",
+                   help="share of sessions (0-1) that can discharge (V2G), at their charger power in kW; default: 0.5")
+    p.add_argument("--days", type=_positive_int, default=1, metavar="D",
+                   help="horizon in days; sessions arrive on one of these days (departures may fall after it); default: 1")
+    p.add_argument("--start", type=_iso_time, default="2026-06-01T00:00:00", metavar="ISO",
+                   help="start of the horizon, ISO 8601 (arrival hours are clock hours of the days from its date); default: 2026-06-01T00:00:00")
+    p.add_argument("--mix", type=_mix, default=(0.5, 0.35, 0.15), metavar="H,W,D",
+                   help="shares of the home, workplace and depot patterns (normalised to sum 1); default: 0.5,0.35,0.15")
+    p.add_argument("--buses", type=_buses, default=None, metavar="LIST",
+                   help="grid bus indices to spread the sessions over, e.g. 1,4,7 or 1-10 (adds the column bus)")
+    g = p.add_argument_group("reference signal (optional)")
+    g.add_argument("--signal-out", type=Path, default=None, metavar="R.csv",
+                   help="also write a reference signal for this fleet over the horizon")
+    g.add_argument("--signal-kind", choices=("regulation", "surplus"), default="regulation",
+                   help="regulation: the fleet's spread-out charging need plus AR(1) regulation noise, within the "
+                        "plugged fleet's power range (kW); surplus: the same plus a midday PV-surplus block "
+                        "(10-16 h) asking for more power and energy than the fleet can take; default: regulation")
+    g.add_argument("--step-min", type=_positive_float, default=15.0, metavar="MINUTES",
+                   help="step of the signal in minutes (a whole number of seconds; the horizon must be a whole "
+                        "number of steps); default: 15")
+
+
+def _cmd_fleet(args) -> int:
+    from evagg.simulators.synthetic import synthetic_fleet, synthetic_reference
+
+    _check_out_dir(args.out)
+    step_s = n_steps = None
+    if args.signal_out is not None:
+        _check_out_dir(args.signal_out)
+        step_s = args.step_min * 60.0
+        if abs(step_s - round(step_s)) > 1e-9:
+            return _usage_error(f"--step-min {args.step_min:g} is not a whole number of seconds")
+        step_s = int(round(step_s))
+        if (args.days * 86400) % step_s:
+            return _usage_error(f"--step-min {args.step_min:g} does not divide the horizon of {args.days} day(s)")
+        n_steps = args.days * 86400 // step_s
+    fleet = synthetic_fleet(args.n, args.seed, start=args.start, days=args.days, v2g_share=args.v2g_share,
+                            mix=args.mix, buses=args.buses)
+    write_sessions(fleet, args.out)
+    summary = {
+        "sessions": str(args.out),
+        "n_sessions": len(fleet),
+        "v2g_sessions": int(np.sum(fleet.p_discharge_max_kw > 0)),
+        "first_arrival": str(fleet.arrival.min()) if len(fleet) else None,
+        "last_departure": str(fleet.departure.max()) if len(fleet) else None,
+    }
+    if args.signal_out is not None:
+        reference = synthetic_reference(fleet, start=args.start, step_s=step_s, n_steps=n_steps, seed=args.seed,
+                                        kind=args.signal_kind)
+        write_reference(reference, args.signal_out)
+        summary.update(signal=str(args.signal_out), signal_kind=args.signal_kind, step_s=step_s, n_steps=n_steps,
+                       p_ref_kw_mean=float(np.mean(reference.p_ref_kw)))
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- plumbing
+
+SUBCOMMANDS = {
+    "dispatch": ("dispatch a fleet to follow a reference signal, write the result table", _setup_dispatch,
+                 _cmd_dispatch),
+    "fleet": ("write a synthetic fleet (and optionally a reference signal)", _setup_fleet, _cmd_fleet),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="EV aggregator battery dispatch: follow a reference signal (kW) with a fleet of EVs.",
+        epilog="Run 'evagg COMMAND --help' for a command's options and table formats.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_line, setup, handler) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_line, formatter_class=_Formatter)
+        setup(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv=None) -> int:
+    """Run the `evagg` command with `argv` (default: sys.argv[1:]); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2, already printed by argparse)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        return args.handler(args)
+    except InputError as exc:
+        return _error(str(exc), 2)
+    except _UsageError as exc:
+        return _error(str(exc), 2)
+    except FileNotFoundError as exc:
+        return _error(f"{exc.filename}: no such file", 2)
+    except IsADirectoryError as exc:
+        return _error(f"{exc.filename}: is a directory", 2)
+    except PermissionError as exc:
+        return _error(f"{exc.filename}: permission denied", 1)
+    except OSError as exc:
+        return _error(f"{getattr(exc, 'filename', '') or ''} {exc.strerror or exc}".strip(), 1)
+    except ImportError as exc:
+        return _error(f"the {getattr(args, 'method', 'requested')} method is not available ({exc})", 1)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _error(message: str, code: int) -> int:
+    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr, flush=True)
+    return code
+
+
+def _usage_error(message: str) -> int:
+    return _error(message, 2)
+
+
+def _check_out_dir(path: Path) -> None:
+    """Fail before any work when the output cannot be written where asked."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise _UsageError(f"{path}: is a directory, give a file name")
+    if not directory.is_dir():
+        raise _UsageError(f"{path}: the directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise _UsageError(f"{path}: cannot write in the directory {directory}")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not np.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+    return v
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return v
+
+
+def _iso_time(text: str) -> str:
+    import pandas as pd
+
+    try:
+        pd.to_datetime(text, format="ISO8601")
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time like 2026-06-01T00:00:00") from None
+    return text
+
+
+def _share(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a share in [0, 1]")
+    return v
+
+
+def _mix(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not three comma-separated numbers") from None
+    if len(parts) != 3 or any(not np.isfinite(x) or x < 0 for x in parts) or sum(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be three non-negative shares H,W,D, not all 0")
+    return parts
+
+
+def _buses(text: str) -> list[int]:
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                out.extend(range(lo, hi + 1))
+            else:
+                out.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of bus indices like 1,4,7 or 1-10") from None
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must list non-negative bus indices")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
