@@ -299,8 +299,6 @@ class RelaxedQP:
             res_p = float(np.max(np.abs(rp))) / norm_h
             res_d = float(max(np.max(np.abs(rdc)), np.max(np.abs(rdd)))) / norm_f
             merit = max(res_p, res_d, gap / (1.0 + abs(obj)))
-            import os
-            if os.environ.get("DBG"): print(it, f"{res_p:.1e} {res_d:.1e} {gap/(1+abs(obj)):.1e}")
             if not np.isfinite(merit) or (best is not None and merit > 100 * best[0]):
                 message = f"interior point stalled at relative accuracy {best[0]:.1e}"
                 break
@@ -394,31 +392,6 @@ class RelaxedQP:
 
 def solve_dcls(problem: Problem, p_ref_kw: np.ndarray, *, time_limit_s: float | None = None):
     """DC-LS dispatch: the decomposed relaxation, then disjunctive cuts until integer-feasible."""
-    from .dispatch import MethodOutput
-    from .integer import cut_and_fix
+    from .integer import dispatch_by_cuts
 
-    deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
-    qp = RelaxedQP(problem, p_ref_kw)
-    iterations = 0
-
-    def solve_relaxed(has_c, has_d):
-        nonlocal iterations
-        sol = qp.solve(has_c, has_d, deadline=deadline)
-        iterations += sol.iterations
-        return sol
-
-    p_ref = np.asarray(p_ref_kw, dtype=float)
-    pc, pd, first, rounds, message = cut_and_fix(problem, p_ref, solve_relaxed, deadline=deadline)
-    notes = [m for m in (first.message, message) if m]
-    sse = float(np.sum(((pc - pd).sum(axis=0) - p_ref) ** 2))
-    if deadline is not None and time.perf_counter() > deadline:
-        status = "time_limit"
-    elif sse <= first.lower_bound + 1e-6 * max(first.lower_bound, 1.0):
-        status = "optimal"  # proven: the bound is met
-    else:
-        status = "feasible"
-    return MethodOutput(
-        pc=pc, pd=pd, status=status, message="; ".join(notes), iterations=iterations,
-        lower_bound=first.lower_bound,
-    )
-
+    return dispatch_by_cuts(problem, p_ref_kw, RelaxedQP(problem, p_ref_kw), time_limit_s)

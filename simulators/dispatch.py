@@ -158,6 +158,8 @@ def dispatch(
     except Exception as exc:  # a solver must never crash the caller: fall back and say why
         log.exception("dispatch method %s failed", method)
         out = _fallback(problem, p_ref, f"{method} failed ({type(exc).__name__}: {exc}); fell back to uncontrolled")
+    if not (np.all(np.isfinite(out.pc)) and np.all(np.isfinite(out.pd))):
+        out = _fallback(problem, p_ref, f"{method} returned non-finite powers; fell back to uncontrolled")
     pc, pd = out.pc, out.pd
     violations = problem.violations(pc, pd)
     if any(violations.values()):

@@ -21,6 +21,11 @@ CONFLICT_KW = 1e-4
 GOOD_ENOUGH = 1e-4
 
 
+def tracking_sse(pc: np.ndarray, pd: np.ndarray, p_ref: np.ndarray) -> float:
+    """sum_t (sum_i (pc - pd) - p_ref)^2, kW^2."""
+    return float(np.sum(((pc - pd).sum(axis=0) - p_ref) ** 2))
+
+
 def cut_and_fix(problem: Problem, p_ref: np.ndarray, solve_relaxed, max_rounds: int = 50,
                 deadline: float | None = None):
     """Run `solve_relaxed(has_c, has_d) -> RelaxedSolution` in rounds of mode fixing.
@@ -31,14 +36,11 @@ def cut_and_fix(problem: Problem, p_ref: np.ndarray, solve_relaxed, max_rounds: 
     has_d = plugged & (problem.pd_max[:, None] > 0)
     first, best, message = None, None, ""
 
-    def sse(pc, pd):
-        return float(np.sum(((pc - pd).sum(axis=0) - p_ref) ** 2))
-
     for rounds in range(1, max_rounds + 1):
         sol = solve_relaxed(has_c, has_d)
         first = first or sol
         pc, pd = make_feasible(problem, sol.pc, sol.pd)
-        value = sse(pc, pd)
+        value = tracking_sse(pc, pd, p_ref)
         if best is None or value < best[0]:
             best = (value, pc, pd)
         conflict = (sol.pc > CONFLICT_KW) & (sol.pd > CONFLICT_KW)
@@ -53,3 +55,32 @@ def cut_and_fix(problem: Problem, p_ref: np.ndarray, solve_relaxed, max_rounds: 
     else:
         message = f"{max_rounds} mode-fixing rounds left EV-steps in two modes"
     return best[1], best[2], first, rounds, message
+
+
+def dispatch_by_cuts(problem: Problem, p_ref_kw: np.ndarray, relaxation, time_limit_s: float | None = None):
+    """A method's whole run: `relaxation.solve(has_c, has_d, deadline=...)` inside mode-fixing rounds, and the
+    status it has earned: optimal only when the integer-feasible SSE meets the relaxation's proven bound."""
+    from .dispatch import MethodOutput
+
+    deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
+    p_ref = np.asarray(p_ref_kw, dtype=float)
+    iterations = 0
+
+    def solve_relaxed(has_c, has_d):
+        nonlocal iterations
+        sol = relaxation.solve(has_c, has_d, deadline=deadline)
+        iterations += sol.iterations
+        return sol
+
+    pc, pd, first, rounds, message = cut_and_fix(problem, p_ref, solve_relaxed, deadline=deadline)
+    notes = [m for m in (first.message, message) if m]
+    sse = tracking_sse(pc, pd, p_ref)
+    bound = first.lower_bound if np.isfinite(first.lower_bound) else None
+    if deadline is not None and time.perf_counter() > deadline:
+        status = "time_limit"
+    elif bound is not None and sse <= bound + 1e-6 * max(bound, 1.0):
+        status = "optimal"
+    else:
+        status = "feasible"
+    return MethodOutput(pc=pc, pd=pd, status=status, message="; ".join(notes), iterations=iterations,
+                        lower_bound=bound)

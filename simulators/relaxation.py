@@ -1,0 +1,103 @@
+"""DCHR: the disjunctive convex-hull relaxation of the BDO as one sparse convex QP over the whole fleet.
+
+Each EV-step's disjunction {charging: 0 <= pc <= Pc_max, pd = 0} or {discharging: pc = 0, 0 <= pd <= Pd_max}
+is relaxed to its convex hull, pc/Pc_max + pd/Pd_max <= 1 (tighter than the box relaxation 0 <= pc <= Pc_max,
+0 <= pd <= Pd_max). The QP is solved by PIQP, a sparse proximal interior-point solver: measured here, HiGHS's
+active-set QP solver needs 11-60 s at 50 EVs and stalls far from the optimum at 200. Mode-fixing rounds
+(integer.py) then make it integer-feasible. This is the central reference formulation; `dcls` solves the same
+relaxation decomposed by EV.
+
+Variables, per plugged (EV, step) k: pc_k, pd_k, e_k (energy at the end of the step); per step t: the tracking
+residual z_t = sum_i p[i,t] - p_ref[t]. Objective sum_t z_t^2. The matrices are built once per problem;
+mode restrictions only change variable bounds (same sparsity), so re-solves reuse the set-up.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from .dcls import RelaxedSolution
+from .problem import Problem
+
+
+class CentralQP:
+    def __init__(self, problem: Problem, p_ref_kw: np.ndarray):
+        import piqp
+
+        self.problem = problem
+        self.p_ref = np.asarray(p_ref_kw, dtype=float)
+        T, N = problem.n_steps, problem.n_evs
+        plugged = problem.plugged
+        ev, t = np.nonzero(plugged)  # EV-major: each EV's steps are consecutive and in time order
+        K = len(ev)
+        self.ev, self.t, self.K, self.T = ev, t, K, T
+        # variable blocks: pc [0, K), pd [K, 2K), e [2K, 3K), z [3K, 3K + T)
+        ipc, ipd, ie, iz = 0, K, 2 * K, 3 * K
+        n = 3 * K + T
+        first_of_ev = np.r_[True, ev[1:] != ev[:-1]] if K else np.zeros(0, bool)
+        last_of_ev = np.r_[ev[1:] != ev[:-1], True] if K else np.zeros(0, bool)
+        a = problem.charge_gain[ev]
+        b = problem.discharge_cost[ev]
+        k = np.arange(K)
+        # energy chain: e_k - e_{k-1} - a pc_k + b pd_k = e0 (first step) or 0
+        rows = np.r_[k, k[~first_of_ev], k, k]
+        cols = np.r_[ie + k, ie + k[~first_of_ev] - 1, ipc + k, ipd + k]
+        vals = np.r_[np.ones(K), -np.ones((~first_of_ev).sum()), -a, b]
+        beq = np.where(first_of_ev, problem.e0[ev], 0.0)
+        # aggregate: z_t - sum_k (pc_k - pd_k) [t_k = t] = -p_ref_t
+        rows = np.r_[rows, K + np.arange(T), K + t, K + t]
+        cols = np.r_[cols, iz + np.arange(T), ipc + k, ipd + k]
+        vals = np.r_[vals, np.ones(T), -np.ones(K), np.ones(K)]
+        beq = np.r_[beq, -self.p_ref]
+        A = sp.csc_matrix((vals, (rows, cols)), shape=(K + T, n))
+        # hull rows where both modes exist: pc/Pc + pd/Pd <= 1
+        pcmax, pdmax = problem.pc_max[ev], problem.pd_max[ev]
+        both = np.flatnonzero((pcmax > 0) & (pdmax > 0))
+        nb = len(both)
+        G = sp.csc_matrix(
+            (np.r_[1.0 / pcmax[both], 1.0 / pdmax[both]], (np.r_[np.arange(nb), np.arange(nb)], np.r_[ipc + both, ipd + both])),
+            shape=(nb, n),
+        )
+        lo = problem.floor[ev].copy()
+        lo[last_of_ev] = np.maximum(lo[last_of_ev], problem.need_end[ev[last_of_ev]])
+        self.x_l = np.r_[np.zeros(2 * K), lo, np.full(T, -np.inf)]
+        self.x_u_full = np.r_[pcmax, pdmax, problem.cap[ev], np.full(T, np.inf)]
+        P = sp.csc_matrix((np.full(T, 2.0), (iz + np.arange(T), iz + np.arange(T))), shape=(n, n))
+        c = np.zeros(n)
+        self.solver = piqp.SparseSolver()
+        self.solver.settings.eps_abs = 1e-8
+        self.solver.settings.eps_rel = 1e-9
+        self.solver.settings.max_iter = 200
+        self.solver.setup(P, c, A, beq, G, np.full(nb, -np.inf), np.ones(nb), self.x_l, self.x_u_full)
+        self._status_ok = piqp.Status.PIQP_SOLVED
+        self._set_up_with = None
+
+    def solve(self, has_c=None, has_d=None, deadline=None) -> RelaxedSolution:
+        K, ev, t = self.K, self.ev, self.t
+        x_u = self.x_u_full.copy()
+        if has_c is not None:
+            x_u[:K] = np.where(has_c[ev, t], x_u[:K], 0.0)
+        if has_d is not None:
+            x_u[K:2 * K] = np.where(has_d[ev, t], x_u[K:2 * K], 0.0)
+        if self._set_up_with is not None:
+            self.solver.update(x_u=x_u)
+        self._set_up_with = True
+        status = self.solver.solve()
+        res = self.solver.result
+        x = np.asarray(res.x)
+        pc = np.zeros((self.problem.n_evs, self.T))
+        pd = np.zeros_like(pc)
+        pc[ev, t] = x[:K]
+        pd[ev, t] = x[K:2 * K]
+        ok = status == self._status_ok
+        return RelaxedSolution(
+            pc=pc, pd=pd, lower_bound=float(res.info.dual_obj) if ok else -np.inf,  # dual objective: a bound
+            iterations=int(res.info.iter), converged=ok, message="" if ok else f"PIQP: {status.name}",
+        )
+
+
+def solve_dchr(problem: Problem, p_ref_kw: np.ndarray, *, time_limit_s: float | None = None):
+    """DCHR dispatch: the central hull relaxation (PIQP), then mode-fixing rounds until integer-feasible."""
+    from .integer import dispatch_by_cuts
+
+    return dispatch_by_cuts(problem, p_ref_kw, CentralQP(problem, p_ref_kw), time_limit_s)
