@@ -164,13 +164,13 @@ def _read_csv_text(path, required=()) -> tuple[pd.DataFrame, np.ndarray]:
             for row in reader:
                 start = prev + 1
                 prev = reader.line_num
-                if not any(cell.strip() for cell in row):
-                    continue  # blank line
+                cells = [c.strip() for c in row]
+                if not any(cells):
+                    continue  # a blank line (or one of empty fields only)
                 if header is None:
-                    header, header_line = [c.strip() for c in row], start
+                    header, header_line = cells, start
                     _check_header(header, header_line, required, source)
                     continue
-                cells = [c.strip() for c in row]
                 if len(cells) > len(header) and not any(cells[len(header):]):
                     cells = cells[: len(header)]  # trailing empty fields (e.g. a trailing comma)
                 if len(cells) != len(header):
@@ -220,8 +220,38 @@ def _check_columns(frame: pd.DataFrame, required, source: str, header_line: int 
         )
 
 
+def _strip_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of `frame` with the text cells stripped of surrounding whitespace (other cells as they are)."""
+    out = {}
+    for c in frame.columns:
+        col = frame[c]
+        if col.dtype == object:
+            values = col.to_numpy(dtype=object)
+            if pd.api.types.infer_dtype(values, skipna=False) == "string":
+                stripped = np.char.strip(values.astype(str)).astype(object) if len(values) else values
+            else:
+                stripped = np.array([v.strip() if isinstance(v, str) else v for v in values], dtype=object)
+            col = pd.Series(stripped, dtype=object)
+        out[c] = col.reset_index(drop=True)
+    result = pd.DataFrame(out, columns=list(frame.columns))
+    result.attrs.update(frame.attrs)
+    return result
+
+
+def _stripped_text(col: pd.Series) -> np.ndarray | None:
+    """The cells as an object array of str if every cell is text (the CSV case), else None. Cells are already
+    stripped (`_strip_cells`)."""
+    values = col.to_numpy(dtype=object)
+    if pd.api.types.infer_dtype(values, skipna=False) != "string":
+        return None
+    return values
+
+
 def _texts(col: pd.Series) -> np.ndarray:
     """Each cell as the text a user sees (for messages): strings stripped, missing values as ''."""
+    text = _stripped_text(col)
+    if text is not None:
+        return text
     out = np.empty(len(col), dtype=object)
     for k, v in enumerate(col.to_numpy(dtype=object)):
         if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT:
@@ -232,6 +262,10 @@ def _texts(col: pd.Series) -> np.ndarray:
 
 
 def _is_empty(col: pd.Series) -> np.ndarray:
+    """Cells that are empty text or None (a NaN number is not empty: it is reported as NaN)."""
+    text = _stripped_text(col)
+    if text is not None:
+        return text == ""
     values = col.to_numpy(dtype=object)
     return np.fromiter(
         (v is None or (isinstance(v, str) and not v.strip()) for v in values), dtype=bool, count=len(values)
@@ -251,14 +285,13 @@ def _parse_floats(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
         except (TypeError, ValueError):
             col = col.astype(object)
     values = np.full(len(col), np.nan)
-    cells = col.to_numpy(dtype=object)
     full = ~empty
-    texts = np.array([v.strip() if isinstance(v, str) else v for v in cells[full]], dtype=object)
+    text = _stripped_text(col)
+    cells = text[full].astype(str) if text is not None else col.to_numpy(dtype=object)[full]
     try:
-        values[full] = texts.astype(str).astype(np.float64) if all(isinstance(v, str) for v in texts) \
-            else texts.astype(np.float64)
-    except (TypeError, ValueError):
-        for k, v in zip(np.flatnonzero(full), texts):
+        values[full] = cells.astype(np.float64)
+    except (TypeError, ValueError):  # some cell is no number: convert one by one, leaving those NaN
+        for k, v in zip(np.flatnonzero(full), cells):
             try:
                 values[k] = float(v)
             except (TypeError, ValueError):
@@ -290,8 +323,6 @@ def _numbers(col: pd.Series, column: str, texts: np.ndarray, problems: _Problems
 def _times(col: pd.Series, column: str, texts: np.ndarray, problems: _Problems) -> pd.Series:
     """Column as naive UTC timestamps (datetime64[ns]); records empty and unparseable cells (NaT)."""
     empty = _is_empty(col)
-    if col.dtype == object:
-        col = col.map(lambda v: v.strip() if isinstance(v, str) else v)
     try:
         ts = pd.to_datetime(col.where(~empty, None), format="ISO8601", utc=True, errors="coerce")
     except (TypeError, ValueError):  # e.g. mixed objects pandas cannot handle as a whole: go cell by cell
@@ -330,9 +361,7 @@ def validate_sessions(frame: pd.DataFrame, source: str = "sessions", lines=None)
     from a CSV file, stripped), in the order of the sessions table, with a fresh index.
     """
     source = str(source)
-    attrs = dict(frame.attrs)
-    frame = frame.reset_index(drop=True)
-    frame.attrs.update(attrs)
+    frame = _strip_cells(frame)
     lines = np.arange(len(frame), dtype=np.int64) + 2 if lines is None else np.asarray(lines, dtype=np.int64)
     if len(lines) != len(frame):
         raise ValueError(f"lines has {len(lines)} entries for {len(frame)} rows")
