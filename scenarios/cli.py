@@ -97,6 +97,10 @@ def _cmd_dispatch(args) -> int:
         # A dispatch with NaN / inf powers passes no constraint check meaningfully: never write it as a result.
         return _error(f"the {args.method} method returned non-finite powers or energies ({result.status}: "
                       f"{result.message}); no result written", 1)
+    if len(fleet) and not result.problem.plugged.any():
+        print(f"{PROG}: warning: no session is plugged in for a whole step of the signal's horizon "
+              f"({reference.start} to {reference.end}); check that both files use the same times (UTC)",
+              file=sys.stderr, flush=True)
     write_dispatch(result, args.out)
     print(result.summary_json(), flush=True)
     return 0

@@ -135,6 +135,15 @@ def test_single_row_signal_needs_signal_step(tmp_path, capsys, fleet50_files):
     assert (read_dispatch(out)["time"] == np.datetime64("2026-06-01T12:00:00")).all()
 
 
+def test_warns_when_no_session_meets_the_horizon(tmp_path, capsys, fleet50_files):
+    sessions, signal = fleet50_files
+    signal.write_text("time,p_ref_kw\n2027-01-01T00:00:00,1\n2027-01-01T00:15:00,2\n")
+    code, stdout, stderr = run(capsys, "dispatch", "--sessions", sessions, "--signal", signal,
+                               "--method", "uncontrolled", "--out", tmp_path / "r.csv")
+    assert code == 0 and json.loads(stdout)["n_steps"] == 2
+    assert stderr.startswith("evagg: warning: no session is plugged in")
+
+
 def test_non_finite_dispatch_is_not_written(tmp_path, capsys, fleet50_files, monkeypatch):
     sessions, signal = fleet50_files
     real = dispatch_module.dispatch
