@@ -111,9 +111,17 @@ def _fallback(problem: Problem, p_ref_kw, why: str) -> MethodOutput:
     return out
 
 
+def _scip():
+    """pyomo's direct interface to SCIP through pyscipopt (its newer solver API, whose results carry the
+    termination condition, incumbent and dual bound; `pyomo.environ.SolverFactory("scip_direct")` wraps the same
+    class in the legacy API). SolverFactory("scip") would need a SCIP executable, which pyscipopt does not bring."""
+    from pyomo.contrib.solver.common.factory import SolverFactory
+
+    return SolverFactory("scip_direct")
+
+
 def _solve_exact(problem, p_ref_kw, time_limit_s, mip_gap, t_start) -> MethodOutput:
-    import pyomo.environ as pyo
-    from pyomo.opt import TerminationCondition as TC
+    from pyomo.contrib.solver.common.results import SolutionStatus, TerminationCondition as TC
 
     n, n_t = problem.n_evs, problem.n_steps
     p_ref = np.broadcast_to(np.asarray(p_ref_kw, dtype=float), (n_t,))
@@ -123,28 +131,28 @@ def _solve_exact(problem, p_ref_kw, time_limit_s, mip_gap, t_start) -> MethodOut
             lower_bound=float(np.sum(p_ref**2)), mip_gap=0.0,
         )
     m = build_model(problem, p_ref)
-    options = {"limits/gap": float(mip_gap), "display/verblevel": 0}
-    if time_limit_s is not None:
-        # The limit covers the whole method: what building the model took is not left to SCIP.
-        options["limits/time"] = max(float(time_limit_s) - (time.perf_counter() - t_start), 0.0)
-    solver = pyo.SolverFactory("scip_direct")
     # Warm start: the modes (uc, ud) of the better tracking baseline, as a partial solution that SCIP's completesol
     # heuristic completes (a QP in the powers) before presolving. Only a head start for the primal side; it does
     # not change the model, and it gives a time-limited run a good incumbent early.
     _set_start_modes(m, _best_baseline(problem, p_ref))
-    solver.config.warmstart_discrete_vars = True
-    try:
-        # With load_solutions (the default) pyomo loads SCIP's best solution into the model and raises
-        # NoFeasibleSolutionError when there is none; results.problem.lower_bound is SCIP's dual bound and
-        # upper_bound its incumbent objective (both in the objective's units, kW^2, idle steps' constant included).
-        results = solver.solve(m, options=options, load_solutions=True)
-    except Exception as exc:
-        if type(exc).__name__ == "NoFeasibleSolutionError":
-            limit = "" if time_limit_s is None else f" within the time limit of {time_limit_s:g} s"
-            return _fallback(problem, p_ref, f"SCIP found no feasible solution{limit}")
-        raise
-    tc = results.solver.termination_condition
-    lb = _finite(results.problem.lower_bound)
+    options = {"limits/gap": float(mip_gap), "display/verblevel": 0}
+    if time_limit_s is not None:
+        # The limit covers the whole method: what building the model took is not left to SCIP.
+        options["limits/time"] = max(float(time_limit_s) - (time.perf_counter() - t_start), 0.0)
+    results = _scip().solve(
+        m, load_solutions=False, raise_exception_on_nonoptimal_result=False, warmstart_discrete_vars=True,
+        solver_options=options,
+    )
+    tc = results.termination_condition
+    if results.solution_status not in (SolutionStatus.feasible, SolutionStatus.optimal):
+        why = f"SCIP found no feasible solution (termination: {tc.name})"
+        if tc == TC.maxTimeLimit:
+            why = f"SCIP found no feasible solution within the time limit of {time_limit_s:g} s"
+        return _fallback(problem, p_ref, why)
+    results.solution_loader.load_vars()
+    # results.objective_bound is SCIP's dual bound (getDualbound) and incumbent_objective its primal bound, both in
+    # the objective's units (kW^2, the idle steps' constant included); -inf before SCIP has a bound.
+    lb = _finite(results.objective_bound)
 
     pc = np.zeros((n, n_t))
     pd = np.zeros((n, n_t))
@@ -162,7 +170,7 @@ def _solve_exact(problem, p_ref_kw, time_limit_s, mip_gap, t_start) -> MethodOut
     lower_bound = None if lb is None else max(lb, 0.0)
     sse = float(np.sum(((pc - pd).sum(axis=0) - p_ref) ** 2))
     gap = None if lower_bound is None else max(sse - lower_bound, 0.0) / max(sse, 1e-12)
-    if tc == TC.optimal:
+    if tc == TC.convergenceCriteriaSatisfied:  # SCIP's "optimal" or "gaplimit" (optimal to mip_gap)
         status, message = "optimal", ""
     elif tc == TC.maxTimeLimit:
         status = "time_limit"
@@ -170,7 +178,7 @@ def _solve_exact(problem, p_ref_kw, time_limit_s, mip_gap, t_start) -> MethodOut
         if gap is not None:
             message += f" (proven relative gap {gap:.3g})"
     else:
-        status, message = "feasible", f"SCIP stopped with termination condition {tc}; best solution found returned"
+        status, message = "feasible", f"SCIP stopped ({tc.name}); the best solution found is returned"
     return MethodOutput(pc=pc, pd=pd, status=status, message=message, lower_bound=lower_bound, mip_gap=gap)
 
 

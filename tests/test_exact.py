@@ -1,6 +1,8 @@
 """The exact MIQP (pyomo + SCIP): known optima of hand cases, feasibility, time limits, failures, baselines."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -133,18 +135,28 @@ def test_tiny_time_limit_still_gives_a_feasible_dispatch():
 
 
 def test_solver_failure_falls_back(monkeypatch):
-    import pyomo.environ as pyo
+    from evagg.simulators import exact
 
-    def broken(name, *args, **kwargs):
+    def broken():
         raise RuntimeError("no SCIP here")
 
-    monkeypatch.setattr(pyo, "SolverFactory", broken)
+    monkeypatch.setattr(exact, "_scip", broken)
     problem, p_ref = random_problem(1, 4, 16)
     out = solve_exact(problem, p_ref)
     assert out.status == "fallback"
     assert "no SCIP here" in out.message
     assert_feasible(problem, out)
     np.testing.assert_array_equal(out.pc, solve_uncontrolled(problem).pc)
+
+
+def test_infeasible_model_falls_back_and_says_why():
+    # a need that no dispatch can meet (built by hand; Problem.build never makes one): SCIP proves infeasibility
+    problem = make_problem([dict(arrive=0, depart=2)], n_steps=2)
+    problem = dataclasses.replace(problem, need_end=np.array([50.0]))
+    out = solve_exact(problem, np.zeros(2))
+    assert out.status == "fallback"
+    assert "provenInfeasible" in out.message or "infeasible" in out.message.lower()
+    np.testing.assert_allclose(out.pc, [[10.0, 10.0]])  # uncontrolled: flat out towards the need
 
 
 def test_nobody_plugged():
