@@ -53,6 +53,12 @@ class RelaxedSolution:
     message: str = ""
 
 
+def idle_solution(problem: Problem, p_ref: np.ndarray) -> RelaxedSolution:
+    """No EV can draw or inject power in this horizon: the dispatch is all zeros and its SSE is optimal."""
+    zeros = np.zeros((problem.n_evs, problem.n_steps))
+    return RelaxedSolution(pc=zeros, pd=zeros.copy(), lower_bound=float(p_ref @ p_ref), iterations=0, converged=True)
+
+
 class _Layout:
     """Active EVs with each window shifted to start at column 0 and padded to L columns, ordered in chunks of
     similar window length (so that dense per-EV T x T blocks waste little) and by first step within a chunk."""
@@ -250,6 +256,8 @@ class RelaxedQP:
     # -- the interior-point iteration ------------------------------------------------------------------------
     def solve(self, has_c=None, has_d=None, tol=1e-9, max_iter=80, deadline=None) -> RelaxedSolution:
         lay, k = self.lay, self.kappa
+        if lay.n == 0:
+            return idle_solution(self.problem, self.p_ref)
         hc_full = self.can_c if has_c is None else (has_c & self.can_c)
         hd_full = self.can_d if has_d is None else (has_d & self.can_d)
         self.hc = lay.to_layout(hc_full, False).astype(bool)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .dcls import RelaxedSolution
+from .dcls import RelaxedSolution, idle_solution
 from .problem import Problem
 
 
@@ -26,11 +26,13 @@ class CentralQP:
 
         self.problem = problem
         self.p_ref = np.asarray(p_ref_kw, dtype=float)
-        T, N = problem.n_steps, problem.n_evs
-        plugged = problem.plugged
+        T = problem.n_steps
+        plugged = problem.plugged & ((problem.pc_max > 0) | (problem.pd_max > 0))[:, None]
         ev, t = np.nonzero(plugged)  # EV-major: each EV's steps are consecutive and in time order
         K = len(ev)
         self.ev, self.t, self.K, self.T = ev, t, K, T
+        if K == 0:
+            return
         # variable blocks: pc [0, K), pd [K, 2K), e [2K, 3K), z [3K, 3K + T)
         ipc, ipd, ie, iz = 0, K, 2 * K, 3 * K
         n = 3 * K + T
@@ -74,6 +76,8 @@ class CentralQP:
 
     def solve(self, has_c=None, has_d=None, deadline=None) -> RelaxedSolution:
         K, ev, t = self.K, self.ev, self.t
+        if K == 0:
+            return idle_solution(self.problem, self.p_ref)
         x_u = self.x_u_full.copy()
         if has_c is not None:
             x_u[:K] = np.where(has_c[ev, t], x_u[:K], 0.0)

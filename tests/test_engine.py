@@ -1,0 +1,207 @@
+"""The dispatch engine: the problem's conventions, the decomposed Newton system, relaxation bounds, the integer
+dispatch of dcls / dchr against the bound and against the exact MIQP, feasibility on random fleets, fallbacks."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from evagg.simulators import dispatch as dispatch_module
+from evagg.simulators.dcls import RelaxedQP
+from evagg.simulators.dispatch import dispatch
+from evagg.simulators.fleet import Fleet
+from evagg.simulators.problem import Problem, make_feasible
+from evagg.simulators.reference import Reference
+from evagg.simulators.relaxation import CentralQP
+from evagg.simulators.synthetic import synthetic_fleet, synthetic_reference
+
+START = np.datetime64("2026-06-01T00:00:00", "s")
+STEP = np.timedelta64(900, "s")
+
+
+def fleet_frame(rows):
+    cols = ["ev_id", "arrival", "departure", "energy_initial_kwh", "energy_target_kwh", "capacity_kwh",
+            "p_charge_max_kw", "p_discharge_max_kw", "eta_charge", "eta_discharge", "energy_min_kwh"]
+    return Fleet.from_frame(pd.DataFrame(rows, columns=cols))
+
+
+def test_plugged_window_and_needs_follow_the_spec():
+    fleet = fleet_frame([
+        # arrives 00:10 -> first full step starts 00:15 (step 1); leaves 01:05 -> last full step 00:45 (step 3)
+        ["a", "2026-06-01T00:10:00", "2026-06-01T01:05:00", 10, 30, 40, 4, 0, 1.0, 1.0, 0],
+        # leaves after the 8-step horizon: need at the horizon end leaves room for charging flat out afterwards
+        ["b", "2026-06-01T01:00:00", "2026-06-01T03:00:00", 10, 30, 40, 4, 0, 0.9, 0.9, 5],
+    ])
+    p = Problem.build(fleet, START, STEP, 8)
+    assert p.plugged[0].tolist() == [False, True, True, True, False, False, False, False]
+    # a: 3 steps x 4 kW x 0.25 h = 3 kWh reachable, so the need is 13 (target 30 unreachable)
+    assert p.need[0] == pytest.approx(13.0)
+    # b: plugged steps 4..11, 4 in the horizon, 4 after: need 10 + 8*0.9 = 17.2; by the horizon end 17.2 - 3.6
+    assert p.need[1] == pytest.approx(17.2)
+    assert p.need_end[1] == pytest.approx(13.6)
+    assert p.floor[1] == 5
+
+
+def test_make_feasible_repairs_caps_floors_and_needs():
+    fleet = fleet_frame([["a", "2026-06-01T00:00:00", "2026-06-01T02:00:00", 38, 40, 40, 10, 10, 0.9, 0.9, 2]])
+    p = Problem.build(fleet, START, STEP, 8)
+    pc = np.full((1, 8), 10.0)  # would overflow the battery
+    pd = np.full((1, 8), 5.0)  # and discharge at the same time
+    pc2, pd2 = make_feasible(p, pc, pd)
+    assert not any(p.violations(pc2, pd2).values())
+    assert p.violations(pc, pd)["energy_above_capacity"] > 0
+
+
+def _dense_newton_matrix(qp, W):
+    """(H + delta I + G^T W G) of the relaxation, column by column from the exact operators."""
+    lay = qp.lay
+    idx = [(i, j, c) for i in range(lay.n) for j in range(lay.L) for c in (0, 1) if (qp.hc, qp.hd)[c][i, j]]
+
+    def to_arrays(v):
+        a = np.zeros((2, lay.n, lay.L))
+        for k, (i, j, c) in enumerate(idx):
+            a[c, i, j] = v[k]
+        return a
+
+    def to_vector(a):
+        return np.array([a[c][i, j] for (i, j, c) in idx])
+
+    k, n = qp.kappa, len(idx)
+    diag = 2 * 1e-7 * k + qp.delta
+    K = np.zeros((n, n))
+    for col in range(n):
+        e = np.zeros(n)
+        e[col] = 1.0
+        xc, xd = to_arrays(e)
+        g = (2 * k * qp._aggregate(xc, xd))[lay.gidx] * lay.valid
+        gc, gd = qp._GT(W * qp._G(xc, xd))
+        K[:, col] = to_vector(np.stack([gc + (g + diag * xc) * qp.hc, gd + (-g + diag * xd) * qp.hd]))
+    return K, to_arrays, to_vector
+
+
+def test_decomposed_newton_step_equals_the_dense_solve():
+    """Each EV's chain solved in closed form plus the coordinator's T x T system == one dense Newton solve."""
+    fleet = synthetic_fleet(6, seed=3, v2g_share=0.5)
+    ref = synthetic_reference(fleet, seed=3)
+    problem = Problem.build(fleet, ref.start, ref.step, ref.n_steps)
+    qp = RelaxedQP(problem, ref.p_ref_kw)
+    lay = qp.lay
+    qp.hc = lay.to_layout(qp.can_c, False).astype(bool)
+    qp.hd = lay.to_layout(qp.can_d, False).astype(bool)
+    rng = np.random.default_rng(0)
+    W = np.exp(rng.uniform(-6, 6, size=(5, lay.n, lay.L))) * lay.valid
+    qp._factor(W)
+    K, to_arrays, to_vector = _dense_newton_matrix(qp, W)
+    g = rng.normal(size=K.shape[0])
+    expected = np.linalg.solve(K, g)
+    got = to_vector(np.stack(qp._newton(*to_arrays(g))))
+    assert np.max(np.abs(got - expected)) <= 1e-8 * np.max(np.abs(expected))
+
+
+@pytest.mark.parametrize("kind", ["regulation", "surplus"])
+def test_decomposed_and_central_relaxations_agree(fleet50, kind):
+    ref = synthetic_reference(fleet50, seed=7, kind=kind)
+    problem = Problem.build(fleet50, ref.start, ref.step, ref.n_steps)
+    dc = RelaxedQP(problem, ref.p_ref_kw).solve()
+    central = CentralQP(problem, ref.p_ref_kw).solve()
+    assert central.converged
+    # both bounds are proven; they agree to the interior point's accuracy (1 kW^2 over a day is 0.01 kW^2 a step)
+    assert dc.lower_bound == pytest.approx(central.lower_bound, rel=1e-3, abs=1.0)
+    sse_dc = np.sum(((dc.pc - dc.pd).sum(0) - ref.p_ref_kw) ** 2)
+    assert dc.lower_bound <= sse_dc * (1 + 1e-9)
+    assert sse_dc == pytest.approx(central.lower_bound, rel=1e-3, abs=1.0)
+
+
+@pytest.fixture(scope="module")
+def example50():
+    """The project's example: 50 sessions (80% V2G) and a day's signal that asks more than the fleet can give.
+    Its relaxation's optimum, 3,769.8 kW^2, has no EV-step in two modes, so it is the integer optimum too."""
+    from pathlib import Path
+
+    from evagg.simulators.tables import read_reference, read_sessions
+
+    data = Path(__file__).parent / "data"
+    return read_sessions(data / "fleet50_sessions.csv"), read_reference(data / "fleet50_signal.csv")
+
+
+@pytest.mark.parametrize("method", ["dcls", "dchr"])
+def test_normal_regime_meets_the_bound(example50, method):
+    fleet, ref = example50
+    res = dispatch(fleet, ref, method)
+    assert res.violations == dict.fromkeys(res.violations, 0)
+    assert res.lower_bound == pytest.approx(3769.8, abs=0.5)
+    assert res.lower_bound <= res.sse * (1 + 1e-9)
+    # the spec's target: within 1% (or 1 kW^2 per step) of the bound where the relaxation has no conflicts
+    assert res.sse <= max(res.lower_bound * 1.01, res.lower_bound + ref.n_steps)
+
+
+@pytest.mark.parametrize("method", ["dcls", "dchr"])
+def test_surplus_regime_is_integer_feasible_and_above_the_bound(fleet50, surplus50, method):
+    res = dispatch(fleet50, surplus50, method)
+    assert res.violations == dict.fromkeys(res.violations, 0)
+    assert res.lower_bound <= res.sse * (1 + 1e-9)
+    # the same fleet charged flat out is the obvious answer to a surplus: ours must track it at least as well
+    assert res.sse <= dispatch(fleet50, surplus50, "uncontrolled").sse
+
+
+def test_dcls_is_deterministic(fleet50, reference50):
+    a = dispatch(fleet50, reference50, "dcls")
+    b = dispatch(fleet50, reference50, "dcls")
+    assert np.array_equal(a.pc, b.pc) and np.array_equal(a.pd, b.pd)
+
+
+def test_a_failing_solver_falls_back_to_a_feasible_dispatch(fleet50, reference50, monkeypatch):
+    def broken(problem, p_ref, *, time_limit_s=None):
+        raise RuntimeError("solver exploded")
+
+    monkeypatch.setitem(dispatch_module.METHODS, "broken", "dcls:solve_dcls")
+    monkeypatch.setattr("evagg.simulators.dcls.solve_dcls", broken)
+    res = dispatch(fleet50, reference50, "broken")
+    assert res.status == "fallback"
+    assert "solver exploded" in res.message
+    assert not any(res.violations.values())
+
+
+def test_result_table_has_the_specs_columns(fleet50, reference50):
+    res = dispatch(fleet50, reference50, "dcls")
+    table = res.to_frame()
+    assert list(table.columns) == ["time", "ev_id", "p_charge_kw", "p_discharge_kw", "energy_kwh"]
+    assert len(table) == int(res.problem.plugged.sum())
+    agg = table.assign(p=table.p_charge_kw - table.p_discharge_kw).groupby("time").p.sum()
+    np.testing.assert_allclose(agg.reindex(pd.to_datetime(res.problem.times), fill_value=0.0).to_numpy(),
+                               res.aggregate_kw, atol=1e-9)
+
+
+@st.composite
+def small_fleets(draw):
+    n = draw(st.integers(1, 6))
+    n_steps = draw(st.integers(4, 20))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    arrive = rng.integers(0, n_steps, n)
+    stay = rng.integers(1, n_steps + 4, n)
+    cap = rng.uniform(10, 80, n)
+    e0 = cap * rng.uniform(0, 1, n)
+    pcmax = rng.choice([0.0, 3.7, 11.0, 22.0], n, p=[0.05, 0.35, 0.35, 0.25])
+    pdmax = np.where(rng.uniform(size=n) < 0.6, rng.choice([3.7, 11.0], n), 0.0)
+    rows = [[f"ev{i}", str(START + STEP * int(arrive[i]) + np.timedelta64(int(rng.integers(0, 900)), "s")),
+             str(START + STEP * int(arrive[i] + stay[i])), e0[i], cap[i] * rng.uniform(0, 1.1),
+             cap[i], pcmax[i], pdmax[i], rng.uniform(0.85, 1.0), rng.uniform(0.85, 1.0),
+             min(cap[i] * rng.uniform(0, 0.3), cap[i])] for i in range(n)]
+    scale = float(np.sum(pcmax) + 1)
+    p_ref = np.round(rng.normal(0.3, 0.6, n_steps) * scale, 3)
+    return fleet_frame(rows), Reference(START, STEP, p_ref)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small_fleets())
+def test_dcls_and_dchr_are_feasible_and_never_beat_the_bound(case):
+    fleet, ref = case
+    for method in ("dcls", "dchr"):
+        res = dispatch(fleet, ref, method)
+        assert res.status != "fallback", res.message
+        assert res.violations == dict.fromkeys(res.violations, 0)
+        if res.lower_bound is not None:
+            assert res.lower_bound <= res.sse + 1e-6 * max(res.sse, 1.0)
