@@ -308,7 +308,6 @@ class RelaxedQP:
             res_d = float(max(np.max(np.abs(rdc)), np.max(np.abs(rdd)))) / norm_f
             merit = max(res_p, res_d, gap / (1.0 + abs(obj)))
             if not np.isfinite(merit) or (best is not None and merit > 100 * best[0]):
-                message = f"interior point stalled at relative accuracy {best[0]:.1e}"
                 break
             if best is None or merit < best[0]:
                 best = (merit, pc, pd, z)
@@ -367,6 +366,10 @@ class RelaxedQP:
             message = f"no convergence in {max_iter} interior-point iterations"
         merit, pc, pd, z = best
         converged = merit < ACCURATE_ENOUGH
+        if converged:
+            message = ""  # stopped short of `tol` but within ACCURATE_ENOUGH: nothing for the user to act on
+        elif not message.startswith(("time limit", "no convergence")):
+            message = f"interior point stopped at relative accuracy {merit:.1e}"
         bound = self._dual_bound(pc, pd, z, h, mask)
         P_full = lay.to_full
         return RelaxedSolution(
