@@ -119,7 +119,7 @@ def read_table(path) -> pd.DataFrame:
     if path.suffix.lower() == ".parquet":
         return pd.read_parquet(path)
     return pd.read_csv(path, dtype={"time": str, "entity": str, "attribute": str, "value": float},
-                       keep_default_na=False, na_values={"value": ["nan", "NaN"]})
+                       keep_default_na=False, na_values={"value": ["nan", "NaN"]}, float_precision="round_trip")
 
 
 def _number(v: float) -> str:

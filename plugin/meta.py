@@ -1,0 +1,156 @@
+"""Declarative description of the plugin's models and attributes, from which each simulator's mosaik META is
+built (the habit of mosaik-pandapower-2: one table, units in the attribute names).
+
+Units: the models (evagg.simulators) work in kW / kWh; mosaik attributes are in MW / MWh (+ = load, as the Bus
+input P_load[MW] of mosaik-pandapower-2). `Attr.factor` is the number of model units per mosaik unit
+(1000 kW per MW); an output is `model_value / factor`, an input `mosaik_value * factor`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from mosaik_api_v3.types import Meta, ModelDescription
+
+KW_PER_MW = 1000.0
+
+
+@dataclass(frozen=True)
+class Attr:
+    """One mosaik attribute (input or output) of a model."""
+
+    name: str  # the mosaik name, unit in brackets, e.g. "P[MW]"
+    doc: str
+    source: str | None = None  # output: the model's field it is read from
+    factor: float = 1.0  # model units per mosaik unit
+    kind: type = float  # the Python type handed to mosaik (outputs) or expected (inputs)
+    combine: Callable[[list], Any] | None = None  # input: how values from several sources are combined
+
+    def to_mosaik(self, value):
+        if value is None:
+            return None
+        if self.kind is int:
+            return int(value)
+        if self.kind is list:
+            return [float(v) / self.factor for v in value]
+        return float(value) / self.factor if self.factor != 1.0 else float(value)
+
+    def from_mosaik(self, values: Iterable):
+        """The model value of one input from the values its sources sent (None for none or only None)."""
+        vals = [v for v in values if v is not None]
+        if not vals:
+            return None
+        value = self.combine(vals) if self.combine is not None else sum(vals)
+        if self.kind is list:
+            return [float(v) * self.factor for v in value]
+        return float(value) * self.factor
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A mosaik model: its parameters, inputs and outputs."""
+
+    doc: str
+    public: bool = True
+    params: tuple[str, ...] = ()
+    inputs: tuple[Attr, ...] = ()
+    outputs: tuple[Attr, ...] = ()
+    any_inputs: bool = False
+    extra: dict = field(default_factory=dict)  # further keys of the model description
+
+    @property
+    def input_attrs(self) -> dict[str, Attr]:
+        return {a.name: a for a in self.inputs}
+
+    @property
+    def output_attrs(self) -> dict[str, Attr]:
+        return {a.name: a for a in self.outputs}
+
+    def description(self) -> ModelDescription:
+        names = [a.name for a in self.inputs] + [a.name for a in self.outputs if a.name not in self.input_attrs]
+        return {"public": self.public, "params": list(self.params), "attrs": names,
+                "any_inputs": self.any_inputs, **self.extra}
+
+
+def build_meta(models: dict[str, ModelSpec], sim_type: str = "time-based", extra_methods=()) -> Meta:
+    meta: Meta = {
+        "api_version": "3.0",
+        "type": sim_type,  # type: ignore[typeddict-item]
+        "models": {name: spec.description() for name, spec in models.items()},
+    }
+    if extra_methods:
+        meta["extra_methods"] = list(extra_methods)
+    return meta
+
+
+def _sum_lists(values: list) -> list:
+    """Several forecasts: summed step by step (as the references are), as long as the shortest."""
+    n = min(len(v) for v in values)
+    return [sum(float(v[i]) for v in values) for i in range(n)]
+
+
+MW = KW_PER_MW
+
+AGGREGATOR_PARAMS = (
+    "sessions",  # a sessions CSV (the spec's table), or:
+    "n_evs", "seed", "days", "v2g_share", "buses",  # a synthetic fleet spread over `buses`
+    "bus_map",  # {ev_id: bus}: where each session plugs in (else the sessions' bus column)
+    "grid_buses",  # the grid's bus indices: a session at another bus is an error at creation
+    "method", "horizon", "time_limit",  # the engine: method, steps planned ahead, solver time limit (s)
+    "forecast",  # a signal CSV giving the reference's future (else the current reference is held)
+    "start",  # the time of mosaik time 0 (ISO 8601), if not the simulator's start_date
+)
+
+AGGREGATOR_MODELS: dict[str, ModelSpec] = {
+    "Aggregator": ModelSpec(
+        doc="An EV aggregator: one fleet re-dispatched each step over a receding horizon.",
+        params=AGGREGATOR_PARAMS,
+        inputs=(
+            Attr("P_ref[MW]", "reference for the whole fleet (+ = draw); several sources are summed", factor=MW),
+            Attr("P_forecast[MW]", "the reference for the next steps (a list), else the reference is held",
+                 factor=MW, kind=list, combine=_sum_lists),
+            Attr("P_max[MW]", "upper limit on the aggregate (the lowest of several)", factor=MW, combine=min),
+            Attr("P_min[MW]", "lower limit on the aggregate (the highest of several)", factor=MW, combine=max),
+        ),
+        outputs=(
+            Attr("P[MW]", "the fleet's net power (load convention); the sum of its EVBus children",
+                 source="p_kw", factor=MW),
+            Attr("P_ref[MW]", "the reference it followed (None while uncontrolled)", source="p_ref_kw", factor=MW),
+            Attr("tracking_error[MW]", "P - P_ref (None while uncontrolled)", source="tracking_error_kw",
+                 factor=MW),
+            Attr("n_plugged", "EVs plugged in in this step", source="n_plugged", kind=int),
+            Attr("energy[MWh]", "energy stored in the plugged EVs at the end of the step", source="energy_kwh",
+                 factor=MW),
+            Attr("shortfall[MWh]", "cumulative target energy not delivered at departure", source="shortfall_kwh",
+                 factor=MW),
+            Attr("solve_time[s]", "wall time of this step's re-dispatch", source="solve_time_s"),
+        ),
+    ),
+    "EVBus": ModelSpec(
+        doc="The EVs of one aggregator at one grid bus (extra_info: {'bus': index}); connect P[MW] to the "
+            "pandapower Bus input P_load[MW].",
+        public=False,
+        outputs=(Attr("P[MW]", "net power of these EVs (load convention)", factor=MW),),
+    ),
+}
+
+REFERENCE_MODELS: dict[str, ModelSpec] = {
+    "Signal": ModelSpec(
+        doc="A reference signal: from a signal CSV (time, p_ref_kw) or synthetic (seeded).",
+        params=("path", "kind", "seed", "sessions", "n_evs", "days", "v2g_share", "scale_kw", "n_steps",
+                "forecast_steps", "until", "start"),
+        outputs=(
+            Attr("P_ref[MW]", "the reference for this step", factor=MW),
+            Attr("P_forecast[MW]", "the signal's next forecast_steps values (perfect foresight)", factor=MW,
+                 kind=list),
+        ),
+    ),
+}
+
+COLLECTOR_MODELS: dict[str, ModelSpec] = {
+    "Table": ModelSpec(
+        doc="Writes every attribute connected to it, each step, to a tidy table (time, entity, attribute, value)",
+        params=("path", "flush_every"),
+        any_inputs=True,
+    ),
+}

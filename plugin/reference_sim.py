@@ -1,0 +1,123 @@
+"""ReferenceSim: a reference signal for aggregators (model `Signal`, output P_ref[MW], optionally P_forecast[MW]).
+
+From a signal CSV (the spec's table: time, p_ref_kw; resampled onto the simulator's steps as the signal's mean over
+each step) or synthetic (`synthetic_reference`: a regulation-like signal around the baseline schedule of a fleet
+given as a sessions CSV or as n_evs/seed/days/v2g_share, the same as the aggregator's; without a fleet, around a
+diurnal shape of scale_kw). With `until` (the mosaik time the run ends), a signal that does not cover the run is an
+error at creation; without it, at the first step it does not cover. Never a silent zero.
+
+sim_config entry: ``{"python": "evagg.plugin:ReferenceSim"}`` (or ``evagg-mosaik --sim reference``).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import mosaik_api_v3
+from mosaik_api_v3.types import CreateResult, InputData, OutputData, OutputRequest, SimId, Time
+
+from evagg.simulators.aggregator import SignalSource
+from evagg.simulators.synthetic import REFERENCE_KINDS, synthetic_fleet, synthetic_reference
+from evagg.simulators.tables import read_reference, read_sessions
+
+from .common import DEFAULT_START, TimeGrid, check_params
+from .meta import REFERENCE_MODELS, build_meta
+
+log = logging.getLogger("evagg.plugin")
+
+META = build_meta(REFERENCE_MODELS, "time-based")
+_SPEC = REFERENCE_MODELS["Signal"]
+_OUTPUTS = _SPEC.output_attrs
+
+
+class ReferenceSim(mosaik_api_v3.Simulator):
+    """Simulator params: step_size (default 900), start_date (ISO 8601, mosaik time 0)."""
+
+    def __init__(self):
+        super().__init__(META)
+        self.grid: TimeGrid | None = None
+        self.signals: dict[str, tuple[SignalSource, int]] = {}  # eid -> (signal, forecast steps)
+        self._k: int | None = None
+
+    def init(self, sid: SimId, time_resolution: float = 1.0, step_size: int = 900, start_date: str | None = None,
+             **sim_params):
+        if sim_params:
+            raise ValueError(f"ReferenceSim: unknown simulator parameter(s) {', '.join(sorted(sim_params))}; "
+                             "known: step_size, start_date")
+        self.grid = TimeGrid("ReferenceSim", time_resolution, step_size, start_date)
+        return self.meta
+
+    def create(self, num: int, model: str, **p: Any) -> list[CreateResult]:
+        if model != "Signal":
+            raise ValueError(f"ReferenceSim: cannot create {model!r}; only 'Signal'")
+        check_params("ReferenceSim", model, p, _SPEC.params)
+        out = []
+        for _ in range(num):
+            eid = f"Signal-{len(self.signals)}"
+            self.signals[eid] = self._build(eid, p)
+            src = self.signals[eid][0]
+            out.append({"eid": eid, "type": "Signal",
+                        "extra_info": {"start": str(src.reference.start), "end": str(src.reference.end),
+                                       "n_steps": src.n_steps, "step_s": src.step_s}})
+        return out
+
+    def _build(self, eid: str, p: dict) -> tuple[SignalSource, int]:
+        g = self.grid
+        fsteps = p.get("forecast_steps") or 0
+        if isinstance(fsteps, bool) or int(fsteps) != fsteps or fsteps < 0:
+            raise ValueError(f"ReferenceSim {eid}: forecast_steps must be a whole number >= 0, got {fsteps!r}")
+        fsteps = int(fsteps)
+        until = p.get("until")
+        if p.get("path") is not None:
+            extra = [k for k in ("kind", "seed", "sessions", "n_evs", "days", "v2g_share", "scale_kw", "n_steps")
+                     if p.get(k) is not None]
+            if extra:
+                raise ValueError(f"ReferenceSim {eid}: {', '.join(extra)} are for a synthetic signal, not with path")
+            start = g.start_for("ReferenceSim", p.get("start"), required_for="a signal CSV")
+            source = SignalSource(read_reference(p["path"]), start, g.step_s, source=f"signal {p['path']}")
+        else:
+            kind = p.get("kind") or "regulation"
+            if kind not in REFERENCE_KINDS:
+                raise ValueError(f"ReferenceSim {eid}: kind must be one of {', '.join(REFERENCE_KINDS)}, got {kind!r}")
+            start = g.start_for("ReferenceSim", p.get("start")) or DEFAULT_START
+            fleet = None
+            if p.get("sessions") is not None and p.get("n_evs") is not None:
+                raise ValueError(f"ReferenceSim {eid}: give sessions or n_evs for the baseline, not both")
+            if p.get("sessions") is not None:
+                fleet = read_sessions(p["sessions"])
+            elif p.get("n_evs") is not None:
+                fleet = synthetic_fleet(int(p["n_evs"]), seed=p.get("seed", 0), start=str(start),
+                                        days=int(p.get("days", 1) or 1), v2g_share=float(p.get("v2g_share", 0.5)))
+            n_steps = p.get("n_steps")
+            if n_steps is None:
+                n_steps = g.steps_until(until) if until is not None else max(86400 // g.step_s, 1)
+            ref = synthetic_reference(fleet, start=str(start), step_s=g.step_s, n_steps=int(n_steps) + fsteps,
+                                      seed=p.get("seed", 0), kind=kind, scale_kw=p.get("scale_kw"))
+            source = SignalSource(ref, start, g.step_s, source=f"synthetic {kind} signal")
+        if until is not None:
+            source.check_covers(g.steps_until(until))
+        return source, fsteps
+
+    def step(self, time: Time, inputs: InputData, max_advance: Time) -> Time:
+        k = self.grid.step_index(time)
+        for src, _ in self.signals.values():
+            src.values(k, 1)  # the error, now, for a step the signal does not cover
+        self._k = k
+        return time + self.grid.step_size
+
+    def get_data(self, outputs: OutputRequest) -> OutputData:
+        data: OutputData = {}
+        for eid, attrs in outputs.items():
+            src, fsteps = self.signals[eid]
+            values = {}
+            for a in attrs:
+                if a not in _OUTPUTS:
+                    raise ValueError(f"ReferenceSim: {eid} has no output {a!r}")
+                if self._k is None:
+                    values[a] = None
+                elif a == "P_ref[MW]":
+                    values[a] = _OUTPUTS[a].to_mosaik(src.value(self._k))
+                else:
+                    values[a] = _OUTPUTS[a].to_mosaik(src.values(self._k + 1, fsteps, clip=True))
+            data[eid] = values
+        return data
