@@ -38,7 +38,8 @@ ENERGY_SLACK_KWH = 1e-6
 REFINE_PASSES = 2  # one solve plus one round of iterative refinement per Newton direction
 # Residuals and duality gap relative to the problem's scale below which an answer counts as the optimum; the
 # tolerance aimed at is 1e-9, and the lower bound is proven from the final multipliers whatever they are.
-ACCURATE_ENOUGH = 1e-5
+ACCURATE_ENOUGH = 1e-4
+WARM_MARGIN = 1e-2  # how far a warm start is pushed back into the interior (slacks relative to their scale, multipliers)
 PRIMAL_REG = 1e-4
 _CHUNK_ELEMENTS = 1 << 21  # EVs x steps^2 per dense block batch (16 MiB of float64)
 
@@ -135,6 +136,7 @@ class RelaxedQP:
         # Objective scale: gradients of O(1) keep the interior-point tolerances meaningful for any fleet size.
         self.kappa = 1.0 / max(1.0, float(np.max(np.abs(self.p_ref), initial=0.0)), float(self.Pc.sum()) / max(self.T, 1))
         self.delta = PRIMAL_REG * 2 * self.kappa
+        self._last = None
 
     # -- the linear maps -------------------------------------------------------------------------------------
     def _aggregate(self, pc, pd):
@@ -254,7 +256,7 @@ class RelaxedQP:
         return uc - vc, ud - vd
 
     # -- the interior-point iteration ------------------------------------------------------------------------
-    def solve(self, has_c=None, has_d=None, tol=1e-9, max_iter=80, deadline=None) -> RelaxedSolution:
+    def solve(self, has_c=None, has_d=None, tol=1e-9, max_iter=80, deadline=None, warm=False) -> RelaxedSolution:
         lay, k = self.lay, self.kappa
         if lay.n == 0:
             return idle_solution(self.problem, self.p_ref)
@@ -283,13 +285,20 @@ class RelaxedQP:
             g = (2 * k * P)[lay.gidx] * valid
             return (g + two_rho * pc) * hc + fc, (-g + two_rho * pd) * hd + fd
 
-        pc = 0.3 * self.Pc * hc
-        pd = 0.3 * self.Pd * hd
-        gx = self._G(pc, pd) - h
-        scale = np.stack([np.broadcast_to(self.Pc, pc.shape), np.broadcast_to(self.Pd, pc.shape),
-                          np.ones_like(pc), self.hi - self.lo + 1.0, self.hi - self.lo + 1.0])
-        s = np.where(mask, np.maximum(gx, 0.1 * scale), 1.0)
-        z = np.where(mask, 1.0, 0.0)
+        scale = np.stack([np.broadcast_to(self.Pc, hc.shape), np.broadcast_to(self.Pd, hc.shape),
+                          np.ones(hc.shape), self.hi - self.lo + 1.0, self.hi - self.lo + 1.0])
+        if warm and self._last is not None:
+            # Warm start from the last answer (a re-solve with a few modes fixed): its point, pushed back into
+            # the interior by a small margin, and its multipliers, kept away from zero.
+            pc, pd, z = self._last
+            pc, pd = pc * hc, pd * hd
+            s = np.where(mask, np.maximum(self._G(pc, pd) - h, WARM_MARGIN * scale), 1.0)
+            z = np.where(mask, np.maximum(z, WARM_MARGIN), 0.0)
+        else:
+            pc = 0.3 * self.Pc * hc
+            pd = 0.3 * self.Pd * hd
+            s = np.where(mask, np.maximum(self._G(pc, pd) - h, 0.1 * scale), 1.0)
+            z = np.where(mask, 1.0, 0.0)
         norm_h = 1.0 + float(np.max(np.abs(h)))
         norm_f = 1.0 + float(max(np.max(np.abs(fc)), np.max(np.abs(fd))))
         message = ""
@@ -320,14 +329,14 @@ class RelaxedQP:
             s_over_z = np.where(mask, s / np.where(mask, z, 1.0), 0.0)
             self._factor(W)
 
-            def direction(rc):
+            def direction(rc, passes=REFINE_PASSES):
                 # The Newton system in augmented form [H, -G^T; G, S/Z] [dx; dz] = [q1; q2], solved through the
                 # reduced (H + G^T W G) dx = q1 + G^T W q2, with one round of iterative refinement on the augmented
                 # residuals: those stay well scaled when barrier weights W span many orders of magnitude.
                 q1c, q1d = -rdc, -rdd
                 q2 = np.where(mask, -rp - rc / np.where(mask, z, 1.0), 0.0)
                 dpc = dpd = dz = None
-                for _ in range(REFINE_PASSES):
+                for _ in range(passes):
                     if dz is None:
                         e1c, e1d, e2 = q1c, q1d, q2
                     else:
@@ -352,7 +361,7 @@ class RelaxedQP:
                 return min(1.0, a1, a2)
 
             rc = s * z * mask
-            _, _, ds_a, dz_a = direction(rc)
+            _, _, ds_a, dz_a = direction(rc, passes=1)  # the predictor only sets the centring: no refinement
             a_aff = max_step(ds_a, dz_a)
             mu_aff = float(np.sum((s + a_aff * ds_a) * (z + a_aff * dz_a) * mask)) / m
             sigma = (mu_aff / mu) ** 3
@@ -365,6 +374,7 @@ class RelaxedQP:
         else:
             message = f"no convergence in {max_iter} interior-point iterations"
         merit, pc, pd, z = best
+        self._last = (pc, pd, z)
         converged = merit < ACCURATE_ENOUGH
         if converged:
             message = ""  # stopped short of `tol` but within ACCURATE_ENOUGH: nothing for the user to act on

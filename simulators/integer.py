@@ -75,8 +75,9 @@ def dispatch_by_cuts(problem: Problem, p_ref_kw: np.ndarray, relaxation, time_li
     iterations = 0
 
     def solve_relaxed(has_c, has_d):
+        # After the first round, each relaxation differs from the last by a few fixed modes: start from its answer.
         nonlocal iterations
-        sol = relaxation.solve(has_c, has_d, deadline=deadline)
+        sol = relaxation.solve(has_c, has_d, deadline=deadline, warm=iterations > 0)
         iterations += sol.iterations
         return sol
 
