@@ -52,6 +52,7 @@ class RelaxedSolution:
     iterations: int
     converged: bool
     message: str = ""
+    multipliers: np.ndarray | None = None  # (5, N, T) of the five row kinds, for warm starts
 
 
 def idle_solution(problem: Problem, p_ref: np.ndarray) -> RelaxedSolution:
@@ -256,7 +257,10 @@ class RelaxedQP:
         return uc - vc, ud - vd
 
     # -- the interior-point iteration ------------------------------------------------------------------------
-    def solve(self, has_c=None, has_d=None, tol=1e-9, max_iter=80, deadline=None, warm=False) -> RelaxedSolution:
+    def solve(self, has_c=None, has_d=None, tol=1e-9, max_iter=80, deadline=None, warm=False,
+              start: RelaxedSolution | None = None) -> RelaxedSolution:
+        """Solve for these mode restrictions ((N, T) bool; None = all modes allowed). `warm` starts from this
+        object's last answer, `start` from any answer on the same (N, T) grid (e.g. a shifted previous plan)."""
         lay, k = self.lay, self.kappa
         if lay.n == 0:
             return idle_solution(self.problem, self.p_ref)
@@ -287,11 +291,14 @@ class RelaxedQP:
 
         scale = np.stack([np.broadcast_to(self.Pc, hc.shape), np.broadcast_to(self.Pd, hc.shape),
                           np.ones(hc.shape), self.hi - self.lo + 1.0, self.hi - self.lo + 1.0])
-        if warm and self._last is not None:
-            # Warm start from the last answer (a re-solve with a few modes fixed): its point, pushed back into
-            # the interior by a small margin, and its multipliers, kept away from zero.
-            pc, pd, z = self._last
-            pc, pd = pc * hc, pd * hd
+        if start is None and warm:
+            start = self._last
+        if start is not None:
+            # Warm start from an earlier answer (the last round with a few more modes fixed, or the previous plan
+            # of a receding horizon): its point, pushed back into the interior by a small margin, and its
+            # multipliers, kept away from zero.
+            pc, pd = lay.to_layout(start.pc) * hc, lay.to_layout(start.pd) * hd
+            z = np.stack([lay.to_layout(m) for m in start.multipliers])
             s = np.where(mask, np.maximum(self._G(pc, pd) - h, WARM_MARGIN * scale), 1.0)
             z = np.where(mask, np.maximum(z, WARM_MARGIN), 0.0)
         else:
@@ -374,18 +381,18 @@ class RelaxedQP:
         else:
             message = f"no convergence in {max_iter} interior-point iterations"
         merit, pc, pd, z = best
-        self._last = (pc, pd, z)
         converged = merit < ACCURATE_ENOUGH
         if converged:
             message = ""  # stopped short of `tol` but within ACCURATE_ENOUGH: nothing for the user to act on
         elif not message.startswith(("time limit", "no convergence")):
             message = f"interior point stopped at relative accuracy {merit:.1e}"
         bound = self._dual_bound(pc, pd, z, h, mask)
-        P_full = lay.to_full
-        return RelaxedSolution(
-            pc=P_full(pc, self.problem.n_evs, self.T), pd=P_full(pd, self.problem.n_evs, self.T),
-            lower_bound=bound, iterations=it, converged=converged, message=message,
+        full = lambda a: lay.to_full(a, self.problem.n_evs, self.T)  # noqa: E731
+        self._last = RelaxedSolution(
+            pc=full(pc), pd=full(pd), lower_bound=bound, iterations=it, converged=converged, message=message,
+            multipliers=np.stack([full(m) for m in z]),
         )
+        return self._last
 
     def _dual_bound(self, pc, pd, z, h, mask) -> float:
         """A proven lower bound on min ||sum p - p_ref||^2 over the relaxed set, from the final multipliers.
@@ -411,8 +418,24 @@ class RelaxedQP:
         return float(np.sum(h * zp) - 0.25 * y @ y - y @ self.p_ref)
 
 
-def solve_dcls(problem: Problem, p_ref_kw: np.ndarray, *, time_limit_s: float | None = None):
-    """DC-LS dispatch: the decomposed relaxation, then disjunctive cuts until integer-feasible."""
+def solve_dcls(problem: Problem, p_ref_kw: np.ndarray, *, time_limit_s: float | None = None,
+               start: RelaxedSolution | None = None):
+    """DC-LS dispatch: the decomposed relaxation, then disjunctive cuts until integer-feasible. `start`: a relaxed
+    answer on this problem's grid to warm-start from (see `shifted`)."""
     from .integer import dispatch_by_cuts
 
-    return dispatch_by_cuts(problem, p_ref_kw, RelaxedQP(problem, p_ref_kw), time_limit_s)
+    return dispatch_by_cuts(problem, p_ref_kw, RelaxedQP(problem, p_ref_kw), time_limit_s, start=start)
+
+
+def shifted(solution: RelaxedSolution, k: int, n_steps: int) -> RelaxedSolution:
+    """`solution` seen from k steps later on a grid of n_steps: the start for re-planning a receding horizon
+    (the previous plan's remaining steps, nothing planned beyond them)."""
+
+    def shift(a):
+        out = np.zeros(a.shape[:-1] + (n_steps,))
+        rest = a[..., k:k + n_steps]
+        out[..., :rest.shape[-1]] = rest
+        return out
+
+    return RelaxedSolution(pc=shift(solution.pc), pd=shift(solution.pd), lower_bound=-np.inf, iterations=0,
+                           converged=False, multipliers=shift(solution.multipliers))

@@ -43,6 +43,7 @@ class MethodOutput:
     iterations: int = 0
     lower_bound: float | None = None  # kW^2, a proven lower bound on the tracking SSE of any feasible dispatch
     mip_gap: float | None = None  # relative gap proven by the exact solver
+    relaxed: object | None = None  # dcls: the relaxation's answer, to warm-start a re-plan (see dcls.shifted)
 
 
 @dataclass
@@ -63,6 +64,7 @@ class DispatchResult:
     lower_bound: float | None
     mip_gap: float | None
     violations: dict = field(default_factory=dict)
+    relaxed: object | None = None
 
     @property
     def aggregate_kw(self) -> np.ndarray:
@@ -142,11 +144,14 @@ def dispatch(
     method: str = "dcls",
     time_limit_s: float | None = None,
     problem: Problem | None = None,
+    warm_start=None,
 ) -> DispatchResult:
     """Dispatch `fleet` to follow `reference` over the reference's whole horizon with `method`.
 
     Never raises for a solver's failure: the result then holds a feasible fallback and says so in
     `status` / `message`. `problem` may be passed to reuse one already built for this fleet and time grid.
+    `warm_start` (dcls only): a relaxed answer on this problem's grid, e.g. `dcls.shifted(previous.relaxed, k, T)`
+    for a receding horizon re-planned k steps later; it makes the re-plan cost a fraction of a cold solve.
     """
     solve = method_function(method)
     if problem is None:
@@ -154,7 +159,8 @@ def dispatch(
     p_ref = np.asarray(reference.p_ref_kw, dtype=float)
     t0 = time.perf_counter()
     try:
-        out = solve(problem, p_ref, time_limit_s=time_limit_s)
+        options = {"start": warm_start} if warm_start is not None and method == "dcls" else {}
+        out = solve(problem, p_ref, time_limit_s=time_limit_s, **options)
     except Exception as exc:  # a solver must never crash the caller: fall back and say why
         log.exception("dispatch method %s failed", method)
         out = _fallback(problem, p_ref, f"{method} failed ({type(exc).__name__}: {exc}); fell back to uncontrolled")
@@ -176,7 +182,7 @@ def dispatch(
     return DispatchResult(
         problem=problem, ev_id=fleet.ev_id, p_ref_kw=p_ref, pc=pc, pd=pd, energy=problem.energy(pc, pd),
         method=method, status=out.status, message=out.message, solve_time_s=elapsed, iterations=out.iterations,
-        lower_bound=out.lower_bound, mip_gap=out.mip_gap, violations=violations,
+        lower_bound=out.lower_bound, mip_gap=out.mip_gap, violations=violations, relaxed=out.relaxed,
     )
 
 

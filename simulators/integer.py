@@ -65,7 +65,8 @@ def cut_and_fix(problem: Problem, p_ref: np.ndarray, solve_relaxed, max_rounds: 
     return best[1], best[2], first, rounds, message
 
 
-def dispatch_by_cuts(problem: Problem, p_ref_kw: np.ndarray, relaxation, time_limit_s: float | None = None):
+def dispatch_by_cuts(problem: Problem, p_ref_kw: np.ndarray, relaxation, time_limit_s: float | None = None,
+                     start=None):
     """A method's whole run: `relaxation.solve(has_c, has_d, deadline=...)` inside mode-fixing rounds, and the
     status it has earned: optimal only when the integer-feasible SSE meets the relaxation's proven bound."""
     from .dispatch import MethodOutput
@@ -77,7 +78,8 @@ def dispatch_by_cuts(problem: Problem, p_ref_kw: np.ndarray, relaxation, time_li
     def solve_relaxed(has_c, has_d):
         # After the first round, each relaxation differs from the last by a few fixed modes: start from its answer.
         nonlocal iterations
-        sol = relaxation.solve(has_c, has_d, deadline=deadline, warm=iterations > 0)
+        sol = relaxation.solve(has_c, has_d, deadline=deadline, warm=iterations > 0,
+                               **({"start": start} if start is not None and iterations == 0 else {}))
         iterations += sol.iterations
         return sol
 
@@ -92,4 +94,4 @@ def dispatch_by_cuts(problem: Problem, p_ref_kw: np.ndarray, relaxation, time_li
     else:
         status = "feasible"
     return MethodOutput(pc=pc, pd=pd, status=status, message="; ".join(notes), iterations=iterations,
-                        lower_bound=bound)
+                        lower_bound=bound, relaxed=first)
