@@ -17,7 +17,7 @@ from .problem import Problem, make_feasible
 
 # A relaxed EV-step counts as "in both modes" above this (kW); below it, netting moves energy by < 1e-4 kWh.
 CONFLICT_KW = 1e-4
-# A netted dispatch this close to the lower bound (relative SSE) is accepted without another round.
+# A netted dispatch this close to its round's relaxed answer (relative SSE) is accepted without another round.
 GOOD_ENOUGH = 1e-4
 # The conflicting steps are cut in about this many rounds, earliest first.
 FIXING_ROUNDS = 6
@@ -46,7 +46,9 @@ def cut_and_fix(problem: Problem, p_ref: np.ndarray, solve_relaxed, max_rounds: 
         if best is None or value < best[0]:
             best = (value, pc, pd)
         conflict = (sol.pc > CONFLICT_KW) & (sol.pd > CONFLICT_KW)
-        if not conflict.any() or best[0] <= first.lower_bound + GOOD_ENOUGH * max(first.lower_bound, 1.0):
+        # Netting lost (almost) nothing against this round's relaxed answer: its conflicts were ties, not needs.
+        relaxed_value = tracking_sse(sol.pc, sol.pd, p_ref)
+        if not conflict.any() or value <= relaxed_value + GOOD_ENOUGH * max(relaxed_value, 1.0):
             break
         if deadline is not None and time.perf_counter() > deadline:
             message = f"time limit in mode-fixing round {rounds}"
