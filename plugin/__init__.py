@@ -1,7 +1,8 @@
 """evagg.plugin: the mosaik layer.
 
 sim_config entries: ``{"python": "evagg.plugin:AggregatorSim"}``, ``"evagg.plugin:ReferenceSim"``,
-``"evagg.plugin:CollectorSim"``; as processes ``{"cmd": "evagg-mosaik %(addr)s"}`` (add ``--sim reference`` or
+``"evagg.plugin:CollectorSim"``, ``"evagg.plugin:SimbenchGridSim"`` (mosaik-pandapower-2 with simbench
+profiles at the simulated time); as processes ``{"cmd": "evagg-mosaik %(addr)s"}`` (add ``--sim reference`` or
 ``--sim collector`` for the others) or ``{"connect": "HOST:PORT"}`` with ``evagg-mosaik -r HOST:PORT``.
 """
 from .aggregator_sim import AggregatorSim
@@ -9,4 +10,13 @@ from .collector_sim import CollectorSim
 from .grid import connect_buses
 from .reference_sim import ReferenceSim
 
-__all__ = ["AggregatorSim", "ReferenceSim", "CollectorSim", "connect_buses"]
+__all__ = ["AggregatorSim", "ReferenceSim", "CollectorSim", "SimbenchGridSim", "connect_buses"]
+
+
+def __getattr__(name):
+    # Imported on first use only: it loads pandapower, which the aggregator's own process does not need.
+    if name == "SimbenchGridSim":
+        from .pandapower_grid import SimbenchGridSim
+
+        return SimbenchGridSim
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -115,7 +115,7 @@ class AggregatorSim(mosaik_api_v3.Simulator):
         return Aggregator(
             fleet, start, self.grid.step_s, horizon=DEFAULT_HORIZON if horizon is None else horizon,
             method=p.get("method") or "dcls", time_limit_s=p.get("time_limit"), bus=p.get("bus_map"),
-            grid_buses=p.get("grid_buses"), forecast=forecast, name=eid,
+            grid_buses=p.get("grid_buses"), forecast=forecast, name=eid, end=p.get("end"),
         )
 
     def setup_done(self):

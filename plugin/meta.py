@@ -99,6 +99,7 @@ AGGREGATOR_PARAMS = (
     "method", "horizon", "time_limit",  # the engine: method, steps planned ahead, solver time limit (s)
     "forecast",  # a signal CSV giving the reference's future (else the current reference is held)
     "start",  # the time of mosaik time 0 (ISO 8601), if not the simulator's start_date
+    "end",  # optional end of the study period (ISO 8601): plans never reach past it (a shrinking horizon)
 )
 
 AGGREGATOR_MODELS: dict[str, ModelSpec] = {

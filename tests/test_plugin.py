@@ -404,3 +404,29 @@ def test_collector_writes_a_tidy_table(files, tmp_path, suffix):
     assert first[(AGG, "P[MW]")] == data[STEP]["P[MW]"][AGG]
     assert first[("EVAgg-0.EVBus-0-4", "P[MW]")] == data[STEP]["P[MW]"]["EVAgg-0.EVBus-0-4"]
     assert not Path(str(path) + ".partial.csv").exists()
+
+
+@pytest.mark.parametrize("start, time_resolution, times, rows", [
+    (None, 1.0, [0, 900, 1800], [0, 1, 2]),  # as mosaik-pandapower-2 itself
+    ("2026-06-01 06:00:00", 60.0, [0, 15, 20], [14616, 14617, 14617]),  # 1 June 06:00 in 2016; 5-min hold
+    ("2026-12-31 23:45:00", 1.0, [0, 900], [35135, 0]),  # across New Year: back to the first row
+])
+def test_simbench_profiles_follow_the_simulated_time(files, start, time_resolution, times, rows):
+    from evagg.plugin import SimbenchGridSim
+
+    net = pp.from_json(files["net"])
+    pp.create_load(net, 5, p_mw=0.0)
+    path = files["dir"] / "net_with_load.json"
+    pp.to_json(net, str(path))
+    sim = SimbenchGridSim()
+    sim.init("Grid-0", time_resolution=time_resolution, step_size=15 if time_resolution == 60.0 else 900,
+             start_date=start)
+    sim.create(1, "Grid", json=str(path))
+    # A stand-in for simbench's profiles: row r holds r/10 W for the one load.
+    profile = np.arange(35136) * 1e-7
+    sim._profiles = {("load", "p_mw"): pd.DataFrame({0: profile})}
+    sim.setup_done()
+    for t, row in zip(times, rows):
+        sim.step(t, {}, t)
+        assert sim.get_net().load.at[0, "p_mw"] == profile[row]
+    assert sim._profiles is not None
