@@ -430,3 +430,18 @@ def test_simbench_profiles_follow_the_simulated_time(files, start, time_resoluti
         sim.step(t, {}, t)
         assert sim.get_net().load.at[0, "p_mw"] == profile[row]
     assert sim._profiles is not None
+
+
+def test_evagg_mosaik_picks_the_simulator(capsys):
+    from evagg.plugin.__main__ import _sim_name, main
+
+    assert _sim_name(["127.0.0.1:5555"]) == "aggregator"
+    assert _sim_name(["--sim", "reference", "127.0.0.1:5555"]) == "reference"
+    assert _sim_name(["-r", "--sim=collector", "127.0.0.1:5555"]) == "collector"
+    assert _sim_name(["-scollector", "127.0.0.1:5555"]) == "collector"
+    argv = sys.argv[:]
+    try:
+        assert main(["--sim", "grid", "127.0.0.1:5555"]) == 2
+    finally:
+        sys.argv = argv
+    assert "unknown simulator 'grid'" in capsys.readouterr().err
