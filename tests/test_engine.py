@@ -223,3 +223,27 @@ def test_receding_horizon_replan_warm_starts_from_the_shifted_plan(fleet50, refe
     assert warm.relaxed.iterations < cold.relaxed.iterations
     assert warm.lower_bound == pytest.approx(cold.lower_bound, rel=1e-3, abs=1.0)
     assert warm.sse == pytest.approx(cold.sse, rel=1e-3, abs=1.0)
+
+
+def test_a_crashing_qp_worker_becomes_a_reported_fallback(fleet50, reference50, monkeypatch):
+    """PIQP can crash the process on very large fleets; there dchr runs it in a worker whose death is reported."""
+    import os
+    import signal
+
+    from evagg.simulators import relaxation
+
+    monkeypatch.setattr(relaxation, "IN_PROCESS_MAX_EV_STEPS", 0)
+    monkeypatch.setattr(relaxation.CentralQP, "solve", lambda *a, **k: os.kill(os.getpid(), signal.SIGSEGV))
+    res = dispatch(fleet50, reference50, "dchr")
+    assert res.status == "fallback"
+    assert "PIQP worker died" in res.message
+    assert not any(res.violations.values())
+
+
+def test_the_qp_worker_gives_the_in_process_answer(fleet50, surplus50, monkeypatch):
+    from evagg.simulators import relaxation
+
+    here = dispatch(fleet50, surplus50, "dchr")
+    monkeypatch.setattr(relaxation, "IN_PROCESS_MAX_EV_STEPS", 0)
+    there = dispatch(fleet50, surplus50, "dchr")
+    assert np.array_equal(here.pc, there.pc) and np.array_equal(here.pd, there.pd)
