@@ -39,6 +39,7 @@ REFINE_PASSES = 2  # one solve plus one round of iterative refinement per Newton
 # Residuals and duality gap relative to the problem's scale below which an answer counts as the optimum; the
 # tolerance aimed at is 1e-9, and the lower bound is proven from the final multipliers whatever they are.
 ACCURATE_ENOUGH = 1e-4
+STAGNATION_ITERATIONS = 3
 WARM_MARGIN = 1e-2  # how far a warm start is pushed back into the interior (slacks relative to their scale, multipliers)
 PRIMAL_REG = 1e-4
 _CHUNK_ELEMENTS = 1 << 21  # EVs x steps^2 per dense block batch (16 MiB of float64)
@@ -310,6 +311,7 @@ class RelaxedQP:
         norm_f = 1.0 + float(max(np.max(np.abs(fc)), np.max(np.abs(fd))))
         message = ""
         best = None  # (merit, pc, pd, z): near the optimum, Newton directions lose accuracy; keep the best point
+        history = []  # best merit after each iteration
         for it in range(1, max_iter + 1):
             gc_, gd_ = grad(pc, pd)
             GTz = self._GT(z)
@@ -327,8 +329,12 @@ class RelaxedQP:
                 break
             if best is None or merit < best[0]:
                 best = (merit, pc, pd, z)
+            history.append(best[0])
             if merit < tol:
                 break
+            if best[0] < ACCURATE_ENOUGH and len(history) > STAGNATION_ITERATIONS \
+                    and best[0] > 0.5 * history[-1 - STAGNATION_ITERATIONS]:
+                break  # accurate enough and no longer improving: more iterations would only burn time
             if deadline is not None and time.perf_counter() > deadline:
                 message = f"time limit after {it - 1} interior-point iterations"
                 break
