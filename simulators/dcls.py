@@ -36,6 +36,7 @@ EPS_THROUGHPUT = 1e-6
 RHO_RIDGE = 1e-7
 ENERGY_SLACK_KWH = 1e-6
 REFINE_PASSES = 2  # one solve plus one round of iterative refinement per Newton direction
+REFINE_BELOW = 1e-3  # ... once the relative residuals are below this
 # Residuals and duality gap relative to the problem's scale below which an answer counts as the optimum; the
 # tolerance aimed at is 1e-9, and the lower bound is proven from the final multipliers whatever they are.
 ACCURATE_ENOUGH = 1e-4
@@ -258,7 +259,7 @@ class RelaxedQP:
         return uc - vc, ud - vd
 
     # -- the interior-point iteration ------------------------------------------------------------------------
-    def solve(self, has_c=None, has_d=None, tol=1e-9, max_iter=80, deadline=None, warm=False,
+    def solve(self, has_c=None, has_d=None, tol=1e-6, max_iter=80, deadline=None, warm=False,
               start: RelaxedSolution | None = None) -> RelaxedSolution:
         """Solve for these mode restrictions ((N, T) bool; None = all modes allowed). `warm` starts from this
         object's last answer, `start` from any answer on the same (N, T) grid (e.g. a shifted previous plan)."""
@@ -379,7 +380,8 @@ class RelaxedQP:
             mu_aff = float(np.sum((s + a_aff * ds_a) * (z + a_aff * dz_a) * mask)) / m
             sigma = (mu_aff / mu) ** 3
             rc = (s * z + ds_a * dz_a - sigma * mu) * mask
-            dpc, dpd, ds, dz = direction(rc)
+            # Refinement pays only late, when barrier weights spread over many orders of magnitude.
+            dpc, dpd, ds, dz = direction(rc, passes=REFINE_PASSES if merit < REFINE_BELOW else 1)
             step = min(1.0, 0.99 * max_step(ds, dz))
             pc, pd = pc + step * dpc, pd + step * dpd
             s = np.where(mask, s + step * ds, 1.0)
