@@ -218,8 +218,15 @@ class RelaxedQP:
         for s, e, lc in lay.chunks:
             jj = np.arange(lc)
             upper = jj[:, None] < jj[None, :]
-            expo = np.where(upper, ellprev[s:e, None, :lc] - ell[s:e, :lc, None], -np.inf)
-            Gb = -one_minus_rho[s:e, :lc, None] * V[s:e, None, :lc] * np.exp(expo)
+            if -ell[s:e, lc - 1].min() <= 600.0:
+                # exp(ell_{k-1} - ell_j) as a product of two factors, exact while no factor can overflow
+                # (ell falls by at most 600 over the window): one multiply instead of an exp per entry.
+                left = -one_minus_rho[s:e, :lc] * np.exp(-ell[s:e, :lc])
+                right = V[s:e, :lc] * np.exp(ellprev[s:e, :lc])
+                Gb = np.where(upper, left[:, :, None] * right[:, None, :], 0.0)
+            else:
+                expo = np.where(upper, ellprev[s:e, None, :lc] - ell[s:e, :lc, None], -np.inf)
+                Gb = -one_minus_rho[s:e, :lc, None] * V[s:e, None, :lc] * np.exp(expo)
             Gb = Gb + np.transpose(Gb, (0, 2, 1))
             Gb[:, jj, jj] = Gdiag[s:e, :lc]
             self.Gblocks.append(Gb)

@@ -221,8 +221,10 @@ def test_receding_horizon_replan_warm_starts_from_the_shifted_plan(fleet50, refe
     warm = dispatch(fleet50, later, "dcls", problem=problem, warm_start=shifted(first.relaxed, k, T))
     assert not any(warm.violations.values())
     assert warm.relaxed.iterations < cold.relaxed.iterations
-    assert warm.lower_bound == pytest.approx(cold.lower_bound, rel=1e-3, abs=1.0)
-    assert warm.sse == pytest.approx(cold.sse, rel=1e-3, abs=1.0)
+    # both bounds are proven, so each lies below both answers; and the two answers are of the same quality in the
+    # spec's terms (1%, or 1 kW^2 a step): the two runs may stop at different points and integer plans
+    assert max(warm.lower_bound, cold.lower_bound) <= min(warm.sse, cold.sse) * (1 + 1e-9)
+    assert warm.sse == pytest.approx(cold.sse, rel=1e-2, abs=float(T))
 
 
 def test_a_crashing_qp_worker_becomes_a_reported_fallback(fleet50, reference50, monkeypatch):
