@@ -1,0 +1,257 @@
+"""feeder_day: a day (or a few) of a simbench feeder with EV aggregators, in mosaik.
+
+    python -m evagg.scenarios.feeder_day [--evs N] [--days D] [--step-min M] [--grid CODE|path.json] ...
+    evagg run feeder_day ...                       (the same)
+    from evagg.scenarios import feeder_day; feeder_day.main(evs=60, days=1, out="results/day")
+
+The world:
+
+- ``Grid``: the feeder (default the rural simbench LV grid 1-LV-rural2--0-sw: 97 buses, 99 loads, 8 PV units, a
+  250 kVA transformer; shipped with simbench, no download) in mosaik-pandapower-2, with its load and generation
+  profiles at the simulated time (`evagg.scenarios.sims.FeederGridSim`); default period: a winter weekday from
+  noon (2026-01-14 12:00, profiles of 2016-01-14) to the next noon;
+- ``EVAgg``: one simulator per aggregator (default 2, sharing 60 EVs), each an evagg ``Aggregator`` whose EVs
+  sit at the feeder's load buses (`evagg.scenarios.common.build_fleet`: each EV at a fixed bus, one plug-in
+  session a day; sessions plugged in before the start join at the start, as charged as an uncontrolled charger
+  would have left them); each ``EVBus`` child feeds its bus's ``P_load[MW]``;
+- ``Ref``: a reference signal per aggregator (synthetic regulation around its fleet's spread-out charging need,
+  or a CSV for the whole fleet, shared in proportion to the aggregators' EVs), with its next steps as the
+  forecast (``forecast="perfect"``) or held (``"hold"``);
+- ``Results``: the tidy results table (`evagg.plugin.CollectorSim`): every aggregator's outputs, each EVBus's
+  power, each signal, every bus's voltage and power, every line's and transformer's loading, the external
+  grid's power.
+
+`main(**options)` runs it into a results folder (see `evagg.scenarios.common`) and returns the summary;
+the options are those of `evagg.scenarios.common.Options` (days, step_min, evs, aggregators, v2g_share, method,
+seed, grid, start, signal, horizon, forecast, v_band, out, overwrite, progress, plots).
+"""
+from __future__ import annotations
+
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .common import (
+    INPUTS,
+    RESULTS,
+    SUMMARY,
+    TIMING,
+    CtrlC,
+    Interrupted,
+    Options,
+    Progress,
+    RunFailed,
+    build_fleet,
+    check_inputs,
+    check_out,
+    derived_seed,
+    elapsed,
+    make_out,
+    quiet_mosaik,
+    write_json,
+)
+
+SIM_CONFIG = {
+    "Grid": {"python": "evagg.scenarios.sims:FeederGridSim"},
+    "EVAgg": {"python": "evagg.scenarios.sims:FleetAggregatorSim"},
+    "Ref": {"python": "evagg.plugin:ReferenceSim"},
+    "Results": {"python": "evagg.scenarios.sims:ResultsSim"},
+}
+
+AGGREGATOR_OUTPUTS = ("P[MW]", "P_ref[MW]", "tracking_error[MW]", "n_plugged", "energy[MWh]", "shortfall[MWh]")
+SOC_OUTPUTS = ("soc_min[%]", "soc_p10[%]", "soc_p50[%]", "soc_p90[%]", "soc_max[%]")
+GRID_OUTPUTS = {"Bus": ("Vm[pu]", "P[MW]"), "Line": ("loading[%]",), "Transformer": ("loading[%]",),
+                "ExternalGrid": ("P[MW]",)}
+
+
+def remote_aggregator_config() -> dict:
+    """sim_config entry that starts an aggregator in its own process: the evagg-mosaik console script."""
+    script = shutil.which("evagg-mosaik")
+    if script is None:
+        script_dir = Path(sys.executable).parent
+        candidate = script_dir / "evagg-mosaik"
+        script = str(candidate) if candidate.exists() else None
+    exe = shlex.quote(script) if script else f"{shlex.quote(sys.executable)} -m evagg.plugin"
+    # -l warning: the aggregator processes say what goes wrong, not that they connect (as mosaik in scenarios)
+    return {"cmd": f"{exe} -l warning %(addr)s", "posix": True}
+
+
+def write_inputs(opts: Options, feeder, reference, out: Path) -> list[dict]:
+    """The aggregators' sessions (and signal) tables in out/inputs/; one dict per aggregator (paths relative to
+    `out`, so that summary.json does not depend on where the folder is)."""
+    from evagg.simulators.reference import Reference
+    from evagg.simulators.tables import write_reference, write_sessions
+
+    (out / INPUTS).mkdir(exist_ok=True)
+    sizes = opts.fleet_sizes()
+    aggs = []
+    for i, n in enumerate(sizes):
+        fleet = build_fleet(opts, i, n, feeder.load_buses)
+        sessions = out / INPUTS / f"sessions-{i}.csv"
+        write_sessions(fleet, sessions)
+        agg = {"index": i, "evs": n, "sessions": f"{INPUTS}/{sessions.name}", "n_sessions": len(fleet),
+               "seed": derived_seed(opts.seed, i, 0), "signal": None}
+        if reference is not None:
+            share = n / opts.evs
+            path = out / INPUTS / f"signal-{i}.csv"
+            write_reference(Reference(reference.start, reference.step, np.round(reference.p_ref_kw * share, 6)), path)
+            agg["signal"] = f"{INPUTS}/{path.name}"
+        aggs.append(agg)
+    return aggs
+
+
+def build_world(opts: Options, method: str, out: Path, aggs: list[dict], on_step=None):
+    """The mosaik world of one run (not yet run): returns (world, entities)."""
+    import mosaik
+
+    from evagg.plugin import connect_buses
+
+    config = dict(SIM_CONFIG)
+    if opts.remote:
+        config["EVAgg"] = remote_aggregator_config()
+    world = mosaik.World(config, time_resolution=1.0, mosaik_config={"start_timeout": 120, "stop_timeout": 30},
+                         debug=False, skip_greetings=True)
+    try:
+        step, start = opts.step_s, opts.start.replace("T", " ")
+        grid = world.start("Grid", step_size=step).Grid(grid=opts.grid, start=opts.start)
+        grid_buses = [int(c.eid.split("-", 1)[1]) for c in grid.children if c.type == "Bus"]
+        results = world.start("Results", start_date=start, on_step=on_step)
+        table = results.Table(path=str(out / RESULTS))
+        timing = results.Table(path=str(out / TIMING))
+        ref_sim = world.start("Ref", step_size=step, start_date=start)
+        fsteps = opts.horizon - 1 if opts.forecast == "perfect" else 0
+        entities = {"grid": grid, "aggregators": [], "signals": []}
+        for a in aggs:
+            sessions = str((out / a["sessions"]).resolve())  # absolute: an aggregator process may run elsewhere
+            agg_sim = world.start("EVAgg", step_size=step, start_date=start)
+            agg = agg_sim.Aggregator(sessions=sessions, method=method, horizon=opts.horizon, grid_buses=grid_buses)
+            if a["signal"] is not None:
+                sig = ref_sim.Signal(path=str((out / a["signal"]).resolve()), forecast_steps=fsteps,
+                                     until=opts.until)
+            else:
+                sig = ref_sim.Signal(kind="regulation", sessions=sessions, seed=a["seed"], forecast_steps=fsteps,
+                                     until=opts.until)
+            world.connect(sig, agg, "P_ref[MW]", *(["P_forecast[MW]"] if fsteps else []))
+            connect_buses(world, agg, grid)
+            outputs = list(AGGREGATOR_OUTPUTS)
+            if all(a in agg.model_mock.output_attrs for a in SOC_OUTPUTS):  # not in a plain AggregatorSim
+                outputs += SOC_OUTPUTS
+            world.connect(agg, table, *outputs)
+            for child in agg.children:
+                world.connect(child, table, "P[MW]")
+            world.connect(sig, table, "P_ref[MW]")
+            world.connect(agg, timing, "solve_time[s]")
+            entities["aggregators"].append(agg)
+            entities["signals"].append(sig)
+        for child in grid.children:
+            attrs = GRID_OUTPUTS.get(child.type)
+            if attrs:
+                world.connect(child, table, *attrs)
+    except BaseException:
+        world.shutdown()
+        raise
+    return world, entities
+
+
+def simulate(opts: Options, method: str, out: Path, aggs: list[dict], progress: Progress) -> dict:
+    """Run one world into `out` (which exists). Returns the run's bookkeeping; raises Interrupted (Ctrl-C) or
+    RunFailed after writing an incomplete summary.json; the caller writes the complete one."""
+    t0 = time.perf_counter()
+    done_before = progress.done
+    record = {"complete": False, "method": method, "steps_done": 0, "n_steps": opts.n_steps}
+    world = None
+    with CtrlC() as ctrl_c:
+        try:
+            world, _ = build_world(opts, method, out, aggs, on_step=progress)
+            record["setup_s"] = elapsed(t0)
+            world.run(until=opts.until, print_progress=False, shutdown=False)
+        except KeyboardInterrupt:
+            ctrl_c.pressed = True
+        except Exception as exc:
+            record["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+        finally:
+            if world is not None:
+                _stop(world)
+    record["steps_done"] = progress.done - done_before
+    record["wall_s"] = elapsed(t0)
+    if record["steps_done"] >= opts.n_steps and not ctrl_c.pressed and "error" not in record:
+        record["complete"] = True
+        return record
+    if ctrl_c.pressed:
+        record["interrupted"] = True
+    elif "error" not in record:
+        record["error"] = (f"the simulation stopped after {record['steps_done']} of {opts.n_steps} steps "
+                           "(a simulator failed: see the messages above)")
+    return record
+
+
+def _stop(world) -> None:
+    """Shut the world down, also after Ctrl-C or a failure left mosaik's tasks pending (cancelled first, so that
+    nothing complains about them at exit)."""
+    import asyncio
+
+    loop = world.loop
+    if not loop.is_closed():
+        # mosaik's per-simulator runners (its own tasks, e.g. the server's, are left to its shutdown)
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done() and t.get_name().startswith("Runner for ")]
+        for task in pending:
+            task.cancel()
+        if pending:
+            try:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            except BaseException:  # a second Ctrl-C: go on shutting down
+                pass
+    try:
+        world.shutdown()
+    except BaseException:  # a simulator that died is already gone
+        pass
+
+
+def run_into(opts: Options, out: Path, feeder, reference, method: str, progress: Progress) -> dict:
+    """One run of the feeder day into the (existing, empty) folder `out`; returns its summary (also written).
+    Raises Interrupted / RunFailed (after writing an incomplete summary) if it did not finish."""
+    from . import report
+
+    t0 = time.perf_counter()
+    aggs = write_inputs(opts, feeder, reference, out)
+    base = {"complete": False, "scenario": opts.scenario, "method": method, "options": opts.as_dict(),
+            "grid": feeder.describe(), "aggregators": aggs}
+    write_json(out / SUMMARY, base)  # says "incomplete" from the start: a killed run leaves it so
+    record = simulate(opts, method, out, aggs, progress)
+    summary = report.summarize(out, base, record)
+    summary["timing"]["total_s"] = elapsed(t0)
+    write_json(out / SUMMARY, summary)
+    if not record["complete"]:
+        if record.get("interrupted"):
+            raise Interrupted(out, record["steps_done"], opts.n_steps)
+        raise RunFailed(record["error"])
+    if opts.plots:
+        report.plot_run(out, summary)
+    return summary
+
+
+def main(**options) -> dict:
+    """Run the feeder day (options: see `evagg.scenarios.common.Options`); returns summary.json's content.
+    ScenarioError (nothing written) for bad options; Interrupted / RunFailed leave an incomplete results folder."""
+    opts = Options.make(options.pop("scenario", "feeder_day"), **options)
+    feeder, reference = check_inputs(opts)
+    out = check_out(opts.out, opts.scenario, opts.overwrite)
+    quiet_mosaik()
+    make_out(out)
+    progress = Progress(opts.n_steps, opts.progress, desc=f"{opts.scenario} ({opts.method})")
+    try:
+        summary = run_into(opts, out, feeder, reference, opts.method, progress)
+    finally:
+        progress.close()
+    summary["out"] = str(out)
+    return summary
+
+
+if __name__ == "__main__":
+    from .cli import main as cli_main
+
+    sys.exit(cli_main(["run", "feeder_day", *sys.argv[1:]]))

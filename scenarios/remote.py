@@ -1,0 +1,28 @@
+"""remote: `feeder_day` with each aggregator in its own process, started by mosaik through the evagg-mosaik console
+script (``{"cmd": "evagg-mosaik -l warning %(addr)s", "posix": True}``; see `evagg.plugin.__main__`).
+
+    evagg run remote [--evs N] [--aggregators A] ...
+    from evagg.scenarios import remote; remote.main(evs=40, out="results/remote")
+
+The grid, the reference signals and the results table stay in mosaik's process; the aggregators talk to it over
+TCP on the loopback. The results are the same as feeder_day's, value for value, except that the plain plugin
+simulator has no state-of-charge spread outputs (``soc_*[%]``), so energy.png shows the fleet's energy only.
+"""
+from __future__ import annotations
+
+import sys
+
+from . import feeder_day
+
+
+def main(**options) -> dict:
+    """feeder_day with remote aggregators (options: see `evagg.scenarios.common.Options`)."""
+    options.pop("scenario", None)
+    options.pop("remote", None)
+    return feeder_day.main(scenario="remote", remote=True, **options)
+
+
+if __name__ == "__main__":
+    from .cli import main as cli_main
+
+    sys.exit(cli_main(["run", "remote", *sys.argv[1:]]))
