@@ -1,9 +1,11 @@
-"""The `evagg` command: dispatch a fleet to follow a reference signal, make synthetic fleets and signals.
+"""The `evagg` command: run a feeder study (`run`, `report`), dispatch a fleet to follow a reference signal, make
+synthetic fleets and signals.
 
 Each subcommand is an entry of SUBCOMMANDS: name -> (help line, setup(parser), handler(args) -> exit code).
-Add one by writing those two functions and an entry (the `run` and `report` subcommands are planned).
+Add one by writing those two functions and an entry.
 
-Exit codes: 0 success; 1 failure of the engine or the output; 2 bad command line or bad input data.
+Exit codes: 0 success; 1 failure of the engine or the output; 2 bad command line or bad input data; 130 a run
+interrupted by Ctrl-C (its results folder holds the steps done and says it is incomplete).
 Error messages go to stderr as one line ``evagg: error: ...``; stdout carries the result only.
 """
 from __future__ import annotations
@@ -177,9 +179,135 @@ def _cmd_fleet(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- run / report
+
+RUN_DESCRIPTION = """\
+Run a feeder study in mosaik: a simbench feeder (pandapower, with its load and generation profiles) with EV
+aggregators whose EVs sit at its load buses, each following a reference signal, and a results table.
+Scenarios: feeder_day (default: one day at 15-minute steps), grid_impact (the same under the policies
+uncontrolled, edf and --method, side by side), remote (feeder_day with each aggregator in its own process).
+Writes the tidy results table (results.csv), summary.json (every headline figure) and PNG plots into --out,
+and prints the headline figures. Same options and seed: the same results, byte for byte (wall times, kept in
+timing.csv and under summary.json's "timing", aside)."""
+
+RUN_EPILOG = """\
+results folder: results.csv (time, entity, attribute, value: MW, MWh, pu, % as in the attribute names),
+  timing.csv (solve_time[s] per aggregator and step), summary.json ("complete", options, grid, "figures",
+  "timing"), inputs/ (the sessions and signal tables given to the aggregators), power.png, energy.png,
+  voltage.png, loading.png; grid_impact: one such folder per policy, comparison.csv and policies.png.
+Ctrl-C: the folder keeps every step done and summary.json says "complete": false; exit status 130."""
+
+
+def _setup_run(p: argparse.ArgumentParser) -> None:
+    from evagg.scenarios.common import DEFAULT_AGGREGATORS, DEFAULT_EVS, DEFAULT_START, SCENARIOS
+    from evagg.scenarios.grids import DEFAULT_GRID
+
+    p.description = RUN_DESCRIPTION
+    p.epilog = RUN_EPILOG
+    # Values are checked by the scenario (one-line errors naming the option), so they are read as text here.
+    p.add_argument("scenario", nargs="?", default="feeder_day", metavar="SCENARIO",
+                   help=f"one of {', '.join(SCENARIOS)}; default: feeder_day")
+    p.add_argument("--evs", default=None, metavar="N", help=f"number of EVs (1-100000); default: {DEFAULT_EVS}")
+    p.add_argument("--days", default=None, metavar="D", help="simulated days (1-366); default: 1")
+    p.add_argument("--step-min", default=None, metavar="M",
+                   help="step in minutes (1-240, dividing a day); default: 15")
+    p.add_argument("--steps", default=None, metavar="S",
+                   help="run only the first S steps of the days (a quick trial); default: all")
+    p.add_argument("--grid", default=None, metavar="CODE|path.json",
+                   help=f"a simbench code (shipped with simbench, e.g. 1-LV-rural1--0-sw, 1-MV-rural--0-sw) or a "
+                        f"pandapower JSON file; default: {DEFAULT_GRID}")
+    p.add_argument("--method", default=None, metavar="M",
+                   help=f"dispatch method of the aggregators ({', '.join(METHODS)}); for grid_impact the policy "
+                        "compared with uncontrolled and edf; default: dcls")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="results folder; default: results/<scenario>-<timestamp>/; must not exist or be empty")
+    p.add_argument("--overwrite", action="store_true", help="replace the results folder --out if it holds results")
+    p.add_argument("--seed", default=None, metavar="K", help="random seed of the fleet and signal; default: 1")
+    p.add_argument("--v2g-share", default=None, metavar="F", help="share of EVs (0-1) that can discharge; default: 0.5")
+    p.add_argument("--aggregators", default=None, metavar="A",
+                   help=f"aggregators sharing the EVs (1-16), each its own simulator; default: {DEFAULT_AGGREGATORS}")
+    p.add_argument("--signal", default=None, metavar="R.csv",
+                   help="reference signal for the whole fleet (CSV: time, p_ref_kw), shared by the aggregators in "
+                        "proportion to their EVs; default: synthetic regulation around each fleet's charging need")
+    p.add_argument("--start", default=None, metavar="ISO",
+                   help=f"start of the simulated period (profiles are read at the same date in 2016); default: "
+                        f"{DEFAULT_START}")
+    p.add_argument("--horizon", default=None, metavar="H",
+                   help="steps each re-dispatch plans ahead (1-192); default: 16")
+    p.add_argument("--forecast", default=None, metavar="perfect|hold",
+                   help="what the aggregators know of the reference's next steps: perfect (the signal's values) or "
+                        "hold (the current value held); default: perfect")
+    p.add_argument("--v-band", default=None, metavar="LO,HI", help="voltage band in pu; default: 0.95,1.05")
+    p.add_argument("--policies", default=None, metavar="LIST",
+                   help="grid_impact: comma-separated methods to compare; default: uncontrolled,edf,<--method>")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it is shown on a terminal only)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (evagg report DIR makes them later)")
+
+
+def _cmd_run(args) -> int:
+    from evagg.scenarios import report
+    from evagg.scenarios.common import SCENARIOS, Interrupted, RunFailed, ScenarioError
+
+    if args.scenario not in SCENARIOS:
+        return _usage_error(f"unknown scenario {args.scenario!r}; choose one of {', '.join(SCENARIOS)}")
+    options = {
+        "evs": args.evs, "days": args.days, "step_min": args.step_min, "steps": args.steps, "grid": args.grid,
+        "method": args.method, "out": args.out, "overwrite": args.overwrite, "seed": args.seed,
+        "v2g_share": args.v2g_share, "aggregators": args.aggregators, "signal": args.signal, "start": args.start,
+        "horizon": args.horizon, "forecast": args.forecast, "v_band": args.v_band, "policies": args.policies,
+        "progress": not args.no_progress and sys.stderr.isatty(), "plots": not args.no_plots,
+    }
+    options = {k: v for k, v in options.items() if v is not None}
+    if args.scenario != "grid_impact" and "policies" in options:
+        return _usage_error("--policies is for the grid_impact scenario")
+    module = __import__(f"evagg.scenarios.{args.scenario}", fromlist=["main"])
+    try:
+        summary = module.main(**options)
+    except ScenarioError as exc:
+        return _usage_error(str(exc))
+    except RunFailed as exc:
+        return _error(f"the run failed: {exc}; the results folder says it is incomplete", 1)
+    except Interrupted as exc:
+        print(f"{PROG}: interrupted after {exc.steps_done} of {exc.n_steps} steps; the steps done are in "
+              f"{exc.out} (summary.json says \"complete\": false; evagg report {exc.out} makes the plots)",
+              file=sys.stderr, flush=True)
+        return 130
+    if args.scenario == "grid_impact":
+        text = summary["table"]
+    else:
+        text = report.table_text({summary["method"]: summary})
+    print(text)
+    print(f"results: {summary['out']}", flush=True)
+    return 0
+
+
+def _setup_report(p: argparse.ArgumentParser) -> None:
+    p.description = _describe(
+        "Re-make the headline figures (summary.json), the plots and the printed table of a results folder of "
+        "`evagg run` from its tables (results.csv, timing.csv); also for an interrupted run's folder."
+    )
+    p.add_argument("dir", metavar="DIR", type=Path, help="a results folder of evagg run")
+
+
+def _cmd_report(args) -> int:
+    from evagg.scenarios import report
+    from evagg.scenarios.common import ScenarioError
+
+    try:
+        text = report.remake(args.dir)
+    except ScenarioError as exc:
+        return _usage_error(str(exc))
+    print(text)
+    print(f"results: {args.dir}", flush=True)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- plumbing
 
 SUBCOMMANDS = {
+    "run": ("run a feeder study in mosaik (feeder_day, grid_impact, remote): results, summary, plots", _setup_run,
+            _cmd_run),
+    "report": ("re-make the summary, plots and table of a results folder", _setup_report, _cmd_report),
     "dispatch": ("dispatch a fleet to follow a reference signal, write the result table", _setup_dispatch,
                  _cmd_dispatch),
     "fleet": ("write a synthetic fleet (and optionally a reference signal)", _setup_fleet, _cmd_fleet),

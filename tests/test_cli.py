@@ -209,9 +209,15 @@ def test_help_explains_every_option(capsys, command):
         "dispatch": ["--sessions", "--signal", "--method", "--out", "--time-limit", "--signal-step"],
         "fleet": ["--n", "--seed", "--out", "--v2g-share", "--days", "--start", "--mix", "--buses", "--signal-out",
                   "--signal-kind", "--step-min"],
+        "run": ["--evs", "--days", "--step-min", "--grid", "--method", "--out", "--overwrite", "--seed", "--v2g-share",
+                "--aggregators", "--signal", "--start", "--horizon", "--forecast", "--v-band", "--policies", "--steps"],
+        "report": ["DIR"],
     }[command]
     for option in parser_options:
         assert option in stdout
+    if command in ("run", "report"):  # the scenarios' options and results folder (tests/test_scenarios.py)
+        assert "summary.json" in stdout
+        return
     for unit in ("kW", "kWh", "ISO 8601", "p_ref_kw", "capacity_kwh"):
         assert unit in stdout
     if command == "dispatch":
