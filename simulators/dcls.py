@@ -139,7 +139,6 @@ class RelaxedQP:
         # Objective scale: gradients of O(1) keep the interior-point tolerances meaningful for any fleet size.
         self.kappa = 1.0 / max(1.0, float(np.max(np.abs(self.p_ref), initial=0.0)), float(self.Pc.sum()) / max(self.T, 1))
         self.delta = PRIMAL_REG * 2 * self.kappa
-        self._last = None
 
     # -- the linear maps -------------------------------------------------------------------------------------
     def _aggregate(self, pc, pd):
@@ -266,10 +265,10 @@ class RelaxedQP:
         return uc - vc, ud - vd
 
     # -- the interior-point iteration ------------------------------------------------------------------------
-    def solve(self, has_c=None, has_d=None, tol=1e-6, max_iter=80, deadline=None, warm=False,
+    def solve(self, has_c=None, has_d=None, tol=1e-6, max_iter=80, deadline=None,
               start: RelaxedSolution | None = None) -> RelaxedSolution:
-        """Solve for these mode restrictions ((N, T) bool; None = all modes allowed). `warm` starts from this
-        object's last answer, `start` from any answer on the same (N, T) grid (e.g. a shifted previous plan)."""
+        """Solve for these mode restrictions ((N, T) bool; None = all modes allowed), from `start` if given: an
+        answer on the same (N, T) grid (the last round's, or a shifted previous plan)."""
         lay, k = self.lay, self.kappa
         if lay.n == 0:
             return idle_solution(self.problem, self.p_ref)
@@ -300,8 +299,6 @@ class RelaxedQP:
 
         scale = np.stack([np.broadcast_to(self.Pc, hc.shape), np.broadcast_to(self.Pd, hc.shape),
                           np.ones(hc.shape), self.hi - self.lo + 1.0, self.hi - self.lo + 1.0])
-        if start is None and warm:
-            start = self._last
         if start is not None:
             # Warm start from an earlier answer (the last round with a few more modes fixed, or the previous plan
             # of a receding horizon): its point, pushed back into the interior by a small margin, and its
@@ -403,11 +400,10 @@ class RelaxedQP:
             message = f"interior point stopped at relative accuracy {merit:.1e}"
         bound = self._dual_bound(pc, pd, z, h, mask)
         full = lambda a: lay.to_full(a, self.problem.n_evs, self.T)  # noqa: E731
-        self._last = RelaxedSolution(
+        return RelaxedSolution(
             pc=full(pc), pd=full(pd), lower_bound=bound, iterations=it, converged=converged, message=message,
             multipliers=np.stack([full(m) for m in z]),
         )
-        return self._last
 
     def _dual_bound(self, pc, pd, z, h, mask) -> float:
         """A proven lower bound on min ||sum p - p_ref||^2 over the relaxed set, from the final multipliers.

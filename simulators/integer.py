@@ -21,6 +21,12 @@ CONFLICT_KW = 1e-4
 GOOD_ENOUGH = 1e-4
 # The conflicting steps are cut in about this many rounds, earliest first.
 FIXING_ROUNDS = 6
+# Rounding rules tried in turn (each a sequence of rounds from the first relaxed answer), the best answer kept:
+# "net" fixes each conflicting EV-step to the side of its net power; "share" keeps as many EVs discharging at a
+# step as the relaxed discharge there needs. Neither dominates (measured on surplus cases: each wins some by
+# 0.2-2%). Beyond PORTFOLIO_MAX_EV_STEPS plugged EV-steps only the first is tried, to keep large fleets fast.
+ROUNDING_RULES = ("net", "share")
+PORTFOLIO_MAX_EV_STEPS = 100_000
 
 
 def tracking_sse(pc: np.ndarray, pd: np.ndarray, p_ref: np.ndarray) -> float:
@@ -30,41 +36,69 @@ def tracking_sse(pc: np.ndarray, pd: np.ndarray, p_ref: np.ndarray) -> float:
 
 def cut_and_fix(problem: Problem, p_ref: np.ndarray, solve_relaxed, max_rounds: int = 100,
                 deadline: float | None = None):
-    """Run `solve_relaxed(has_c, has_d) -> RelaxedSolution` in rounds of mode fixing.
+    """Run `solve_relaxed(has_c, has_d, start=None) -> RelaxedSolution` in rounds of mode fixing, once per
+    rounding rule (see ROUNDING_RULES), each from the first relaxed answer; the best dispatch wins.
 
     Returns (pc, pd, first_solution, rounds, message)."""
     plugged = problem.plugged
-    has_c = plugged & (problem.pc_max[:, None] > 0)
-    has_d = plugged & (problem.pd_max[:, None] > 0)
-    first, best, message, width = None, None, "", 0
-
-    for rounds in range(1, max_rounds + 1):
-        sol = solve_relaxed(has_c, has_d)
-        first = first or sol
-        pc, pd = make_feasible(problem, sol.pc, sol.pd)
-        value = tracking_sse(pc, pd, p_ref)
-        if best is None or value < best[0]:
-            best = (value, pc, pd)
-        conflict = (sol.pc > CONFLICT_KW) & (sol.pd > CONFLICT_KW)
-        # Netting lost (almost) nothing against this round's relaxed answer: its conflicts were ties, not needs.
-        relaxed_value = tracking_sse(sol.pc, sol.pd, p_ref)
-        if not conflict.any() or value <= relaxed_value + GOOD_ENOUGH * max(relaxed_value, 1.0):
-            break
+    can_c = plugged & (problem.pc_max[:, None] > 0)
+    can_d = plugged & (problem.pd_max[:, None] > 0)
+    first = solve_relaxed(can_c, can_d)
+    best, total_rounds, messages = None, 1, []
+    rules = ROUNDING_RULES if plugged.sum() <= PORTFOLIO_MAX_EV_STEPS else ROUNDING_RULES[:1]
+    for rule in rules:
+        has_c, has_d, sol, width = can_c, can_d, first, 0
+        for rounds in range(1, max_rounds + 1):
+            if rounds > 1:
+                sol = solve_relaxed(has_c, has_d, start=prev)
+                total_rounds += 1
+            pc, pd = make_feasible(problem, sol.pc, sol.pd)
+            value = tracking_sse(pc, pd, p_ref)
+            if best is None or value < best[0]:
+                best = (value, pc, pd)
+            conflict = (sol.pc > CONFLICT_KW) & (sol.pd > CONFLICT_KW)
+            # Netting lost (almost) nothing against this round's relaxed answer: its conflicts were ties, not needs.
+            relaxed_value = tracking_sse(sol.pc, sol.pd, p_ref)
+            if not conflict.any() or value <= relaxed_value + GOOD_ENOUGH * max(relaxed_value, 1.0):
+                break
+            if deadline is not None and time.perf_counter() > deadline:
+                messages.append(f"time limit in mode-fixing round {rounds}")
+                break
+            # Cut the conflicts of the earliest conflicting steps only: the next round's relaxation then re-plans
+            # the rest of the day around the modes fixed so far (measured: 1-3% better than fixing all at once).
+            steps = np.flatnonzero(conflict.any(axis=0))
+            width = width or -(-len(steps) // FIXING_ROUNDS)
+            cut = np.zeros_like(conflict)
+            cut[:, steps[:width]] = conflict[:, steps[:width]]
+            charge = _charge_side(problem, sol, conflict, steps[:width], rule)
+            has_d = has_d & ~(cut & charge)
+            has_c = has_c & ~(cut & ~charge)
+            prev = sol
+        else:
+            messages.append(f"{max_rounds} mode-fixing rounds left EV-steps in two modes")
+        if not conflict.any() and rule == rules[0] and total_rounds == 1:
+            break  # the relaxation was integer-feasible (or its conflicts were ties): nothing to round
         if deadline is not None and time.perf_counter() > deadline:
-            message = f"time limit in mode-fixing round {rounds}"
             break
-        # Cut the conflicts of the earliest conflicting steps only: the next round's relaxation then re-plans
-        # the rest of the day around the modes fixed so far (measured: 1-3% better than fixing all at once).
-        steps = np.flatnonzero(conflict.any(axis=0))
-        width = width or -(-len(steps) // FIXING_ROUNDS)
-        cut = np.zeros_like(conflict)
-        cut[:, steps[:width]] = conflict[:, steps[:width]]
-        net = sol.pc - sol.pd
-        has_d = has_d & ~(cut & (net >= 0))
-        has_c = has_c & ~(cut & (net < 0))
-    else:
-        message = f"{max_rounds} mode-fixing rounds left EV-steps in two modes"
-    return best[1], best[2], first, rounds, message
+    return best[1], best[2], first, total_rounds, "; ".join(messages)
+
+
+def _charge_side(problem: Problem, sol, conflict: np.ndarray, steps: np.ndarray, rule: str) -> np.ndarray:
+    """(N, T) bool: the side of the disjunction each conflicting EV-step is fixed to (True: charging)."""
+    charge = (sol.pc - sol.pd) >= 0
+    if rule == "share":
+        # Keep the step's relaxed discharge in the fleet: the EVs that discharge most (relative to their power)
+        # keep discharging, as many as the relaxed discharge total needs; the others charge.
+        pd_max = np.maximum(problem.pd_max, 1e-9)
+        for t in steps:
+            ids = np.flatnonzero(conflict[:, t])
+            if len(ids) < 2:
+                continue
+            k = max(1, int(round(sol.pd[ids, t].sum() / pd_max[ids].mean())))
+            order = ids[np.argsort(-sol.pd[ids, t] / pd_max[ids], kind="stable")]
+            charge[order[:k], t] = False
+            charge[order[k:], t] = True
+    return charge
 
 
 def dispatch_by_cuts(problem: Problem, p_ref_kw: np.ndarray, relaxation, time_limit_s: float | None = None,
@@ -77,11 +111,10 @@ def dispatch_by_cuts(problem: Problem, p_ref_kw: np.ndarray, relaxation, time_li
     p_ref = np.asarray(p_ref_kw, dtype=float)
     iterations = 0
 
-    def solve_relaxed(has_c, has_d):
-        # After the first round, each relaxation differs from the last by a few fixed modes: start from its answer.
+    def solve_relaxed(has_c, has_d, start=start):
+        # After the first round, each relaxation differs from the one before by a few fixed modes: start there.
         nonlocal iterations
-        sol = relaxation.solve(has_c, has_d, deadline=deadline, warm=iterations > 0,
-                               **({"start": start} if start is not None and iterations == 0 else {}))
+        sol = relaxation.solve(has_c, has_d, deadline=deadline, **({"start": start} if start is not None else {}))
         iterations += sol.iterations
         return sol
 

@@ -74,8 +74,8 @@ class CentralQP:
         self._status_ok = piqp.Status.PIQP_SOLVED
         self._set_up_with = None
 
-    def solve(self, has_c=None, has_d=None, deadline=None, warm=False) -> RelaxedSolution:
-        # `warm` is accepted for the common interface; PIQP re-uses its set-up but starts each solve afresh.
+    def solve(self, has_c=None, has_d=None, deadline=None, start=None) -> RelaxedSolution:
+        # `start` is accepted for the common interface; PIQP re-uses its set-up but starts each solve afresh.
         K, ev, t = self.K, self.ev, self.t
         if K == 0:
             return idle_solution(self.problem, self.p_ref)
@@ -119,7 +119,7 @@ class _WorkerQP:
         self._proc.start()
         child.close()
 
-    def solve(self, has_c=None, has_d=None, deadline=None, warm=False) -> RelaxedSolution:
+    def solve(self, has_c=None, has_d=None, deadline=None, start=None) -> RelaxedSolution:
         try:
             self._conn.send((has_c, has_d))
             return self._conn.recv()
