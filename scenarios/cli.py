@@ -272,6 +272,9 @@ def _cmd_run(args) -> int:
               f"{exc.out} (summary.json says \"complete\": false; evagg report {exc.out} makes the plots)",
               file=sys.stderr, flush=True)
         return 130
+    except KeyboardInterrupt:  # before the simulation started (loading the grid, writing the inputs)
+        print(f"{PROG}: interrupted before the simulation started", file=sys.stderr, flush=True)
+        return 130
     if args.scenario == "grid_impact":
         text = summary["table"]
     else:

@@ -233,8 +233,9 @@ def check_inputs(opts: Options):
 
         try:
             reference = read_reference(opts.signal)
-            need = opts.n_steps + (opts.horizon - 1 if opts.forecast == "perfect" else 0)
-            SignalSource(reference, opts.start64, opts.step_s, source=f"signal {opts.signal}").check_covers(need)
+            # the run's steps must be covered; the forecast's look-ahead is cut at the signal's end
+            SignalSource(reference, opts.start64, opts.step_s, source=f"signal {opts.signal}").check_covers(
+                opts.n_steps)
         except FileNotFoundError:
             raise ScenarioError(f"signal {opts.signal}: no such file") from None
         except (InputError, ValueError) as exc:

@@ -70,11 +70,8 @@ GRID_OUTPUTS = {"Bus": ("Vm[pu]", "P[MW]"), "Line": ("loading[%]",), "Transforme
 
 def remote_aggregator_config() -> dict:
     """sim_config entry that starts an aggregator in its own process: the evagg-mosaik console script."""
-    script = shutil.which("evagg-mosaik")
-    if script is None:
-        script_dir = Path(sys.executable).parent
-        candidate = script_dir / "evagg-mosaik"
-        script = str(candidate) if candidate.exists() else None
+    beside = Path(sys.executable).parent / "evagg-mosaik"  # the same installation as this process's evagg
+    script = str(beside) if beside.exists() else shutil.which("evagg-mosaik")
     exe = shlex.quote(script) if script else f"{shlex.quote(sys.executable)} -m evagg.plugin"
     # -l warning: the aggregator processes say what goes wrong, not that they connect (as mosaik in scenarios)
     return {"cmd": f"{exe} -l warning %(addr)s", "posix": True}

@@ -39,7 +39,10 @@ def finish(out: Path, top: dict, runs: dict, plots: bool = True) -> dict:
     top = dict(top)
     top["policies_run"] = list(runs)
     top["figures"] = {name: s.get("figures", {}) for name, s in runs.items()}
+    total = (top.get("timing") or {}).get("total_s")
     top["timing"] = {name: s.get("timing", {}) for name, s in runs.items()}
+    if total is not None:
+        top["timing"]["total_s"] = total
     top["complete"] = (bool(runs) and all(s.get("complete") for s in runs.values())
                        and list(runs) == list(top["options"]["policies"]))
     frame = report.comparison_frame(runs)
@@ -74,9 +77,11 @@ def main(**options) -> dict:
             sub.mkdir()
             try:
                 runs[policy] = run_into(opts, sub, feeder, reference, policy, progress)
-            except (Interrupted, RunFailed):
+            except (Interrupted, RunFailed) as exc:
                 runs[policy] = read_json(sub / SUMMARY)
                 finish(out, top, runs, plots=False)  # quickly: `evagg report DIR` makes the plots
+                if isinstance(exc, Interrupted):  # counted over all the policies' steps, as the progress bar
+                    raise Interrupted(out, progress.done, opts.n_steps * len(opts.policies)) from None
                 raise
     finally:
         progress.close()

@@ -234,7 +234,12 @@ def _time_axis(ax, times) -> None:
     import matplotlib.dates as mdates
 
     span_h = (times[-1] - times[0]) / np.timedelta64(1, "h") if len(times) > 1 else 0
-    ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M" if span_h <= 30 else "%d %b %H:%M"))
+    if span_h <= 30:
+        ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M"))
+    else:
+        locator = mdates.AutoDateLocator(maxticks=10)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     ax.set_xlabel("time")
 
 

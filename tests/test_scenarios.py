@@ -386,18 +386,23 @@ def test_overwrite_replaces_a_results_folder(day, tmp_path, capsys):
     assert summary_of(out)["options"]["evs"] == 4
 
 
-def test_ctrl_c_leaves_an_incomplete_folder_with_the_steps_done(tmp_path, capsys, monkeypatch):
-    """A real SIGINT after 4 steps: exit 130, summary.json says complete: false, results.csv has the 4 steps."""
+def press_ctrl_c_after(monkeypatch, n: int) -> None:
+    """A real SIGINT to this process once the results table has `n` steps."""
     from evagg.scenarios import common
 
     real = common.Progress.__call__
 
-    def press_ctrl_c_after_four(self, time_):
+    def step(self, time_):
         real(self, time_)
-        if self.done == 4:
+        if self.done == n:
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(common.Progress, "__call__", press_ctrl_c_after_four)
+    monkeypatch.setattr(common.Progress, "__call__", step)
+
+
+def test_ctrl_c_leaves_an_incomplete_folder_with_the_steps_done(tmp_path, capsys, monkeypatch):
+    """SIGINT after 4 steps: exit 130, summary.json says complete: false, results.csv has the 4 steps."""
+    press_ctrl_c_after(monkeypatch, 4)
     handler = signal.getsignal(signal.SIGINT)
     out = tmp_path / "cut"
     code, stdout, stderr = run_cli(capsys, "run", "--evs", 4, "--steps", 12, "--start", START, "--out", out)
@@ -413,6 +418,25 @@ def test_ctrl_c_leaves_an_incomplete_folder_with_the_steps_done(tmp_path, capsys
     code, _, stderr = run_cli(capsys, "report", out)  # plots of what there is
     assert code == 0, stderr
     assert (out / "power.png").is_file() and summary_of(out)["complete"] is False
+
+
+def test_ctrl_c_in_the_second_policy_of_grid_impact(tmp_path, capsys, monkeypatch):
+    press_ctrl_c_after(monkeypatch, 6)
+    out = tmp_path / "cut"
+    code, _, stderr = run_cli(capsys, "run", "grid_impact", "--evs", 4, "--steps", 4, "--start", START, "--out", out)
+    assert code == 130 and stderr.startswith("evagg: interrupted after 6 of 12 steps")
+    top = summary_of(out)
+    assert top["complete"] is False and top["policies_run"] == ["uncontrolled", "edf"]
+    assert summary_of(out / "uncontrolled")["complete"] is True
+    edf = summary_of(out / "edf")
+    assert edf["complete"] is False and edf["steps_done"] == 2 and top["figures"]["edf"]["steps"] == 2
+    assert not (out / "dcls").exists()
+    # `evagg report` makes the comparison of what there is, and keeps saying it is incomplete
+    code, stdout, stderr = run_cli(capsys, "report", out)
+    assert code == 0, stderr
+    assert (out / "policies.png").is_file() and (out / "edf" / "power.png").is_file()
+    assert "uncontrolled" in stdout and "edf" in stdout and "dcls" not in stdout
+    assert summary_of(out)["complete"] is False
 
 
 def test_options_are_checked_before_anything_runs():
