@@ -23,7 +23,7 @@ from evagg.simulators.synthetic import synthetic_fleet
 from evagg.simulators.tables import read_reference, read_sessions
 
 from .common import DEFAULT_START, TimeGrid, check_params
-from .meta import AGGREGATOR_MODELS, AGGREGATOR_PARAMS, build_meta
+from .meta import AGGREGATOR_MODELS, AGGREGATOR_PARAMS, SOC_PERCENTILES, SOC_SPREAD, build_meta
 
 log = logging.getLogger("evagg.plugin")
 
@@ -164,13 +164,23 @@ class AggregatorSim(mosaik_api_v3.Simulator):
         data: OutputData = {}
         for eid, attrs in outputs.items():
             if eid in self.aggregators:
-                res = self.aggregators[eid].last
+                agg = self.aggregators[eid]
+                res = agg.last
                 values = {}
+                spread = None
                 for a in attrs:
                     spec = _OUTPUTS.get(a)
                     if spec is None:
                         raise ValueError(f"AggregatorSim: {eid} has no output {a!r}")
-                    values[a] = None if res is None else spec.to_mosaik(getattr(res, spec.source))
+                    if res is None:
+                        values[a] = None
+                    elif spec.source == SOC_SPREAD:
+                        if spread is None:
+                            q = agg.soc_spread(list(SOC_PERCENTILES.values()))
+                            spread = dict(zip(SOC_PERCENTILES, [None] * len(SOC_PERCENTILES) if q is None else q))
+                        values[a] = spec.to_mosaik(spread[a])
+                    else:
+                        values[a] = spec.to_mosaik(getattr(res, spec.source))
                 data[eid] = values
             elif eid in self.bus_entities:
                 agg_eid, pos = self.bus_entities[eid]

@@ -102,6 +102,10 @@ AGGREGATOR_PARAMS = (
     "end",  # optional end of the study period (ISO 8601): plans never reach past it (a shrinking horizon)
 )
 
+# The state of charge spread outputs: read from `Aggregator.soc_spread()` at these percentiles, not from a field.
+SOC_SPREAD = "soc_spread"
+SOC_PERCENTILES = {"soc_min[%]": 0, "soc_p10[%]": 10, "soc_p50[%]": 50, "soc_p90[%]": 90, "soc_max[%]": 100}
+
 AGGREGATOR_MODELS: dict[str, ModelSpec] = {
     "Aggregator": ModelSpec(
         doc="An EV aggregator: one fleet re-dispatched each step over a receding horizon.",
@@ -125,6 +129,10 @@ AGGREGATOR_MODELS: dict[str, ModelSpec] = {
             Attr("shortfall[MWh]", "cumulative target energy not delivered at departure", source="shortfall_kwh",
                  factor=MW),
             Attr("solve_time[s]", "wall time of this step's re-dispatch", source="solve_time_s"),
+            *(Attr(name, f"state of charge of the EVs plugged in in the step, at its end: {what} (None if none)",
+                   source=SOC_SPREAD) for name, what in (
+                ("soc_min[%]", "lowest"), ("soc_p10[%]", "10th percentile"), ("soc_p50[%]", "median"),
+                ("soc_p90[%]", "90th percentile"), ("soc_max[%]", "highest"))),
         ),
     ),
     "EVBus": ModelSpec(

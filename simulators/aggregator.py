@@ -463,6 +463,19 @@ class Aggregator:
         self.last = result
         return result
 
+    def soc_spread(self, percentiles=(0, 10, 50, 90, 100)) -> np.ndarray | None:
+        """The state of charge (energy / capacity, in %) of the EVs plugged in in the last step, at its end: its
+        `percentiles` (numpy's linear rule). None before the first step or when no EV was plugged in."""
+        res = self.last
+        if res is None or res.sessions is None or not len(res.sessions):
+            return None
+        idx = res.sessions
+        idx = idx[(self.first_g[idx] <= res.k) & (self.stop_g[idx] > res.k)]
+        if not idx.size:
+            return None
+        soc = 100.0 * self.energy_kwh[idx] / self.fleet.capacity_kwh[idx]
+        return np.percentile(soc, percentiles)
+
     def run(self, n_steps: int, reference: SignalSource | Reference | None = None, perfect_forecast: bool = False,
             p_max_kw=None, p_min_kw=None) -> list[StepResult]:
         """Step `n_steps` times from the next step, the reference taken from `reference` (None: uncontrolled);
