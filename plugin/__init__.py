@@ -1,8 +1,9 @@
 """evagg.plugin: the mosaik layer.
 
 sim_config entries: ``{"python": "evagg.plugin:AggregatorSim"}``, ``"evagg.plugin:ReferenceSim"``,
-``"evagg.plugin:CollectorSim"``, ``"evagg.plugin:SimbenchGridSim"`` (mosaik-pandapower-2 with simbench
-profiles at the simulated time); as processes ``{"cmd": "evagg-mosaik %(addr)s"}`` (add ``--sim reference`` or
+``"evagg.plugin:CollectorSim"``, ``"evagg.plugin:SimbenchGridSim"`` (mosaik-pandapower-2 with a simbench code
+or a pandapower JSON file loaded once per process, its profiles at the simulated time, transformer results); as
+processes ``{"cmd": "evagg-mosaik %(addr)s"}`` (add ``--sim reference`` or
 ``--sim collector`` for the others) or ``{"connect": "HOST:PORT"}`` with ``evagg-mosaik -r HOST:PORT``.
 """
 from .aggregator_sim import AggregatorSim

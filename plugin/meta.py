@@ -163,3 +163,21 @@ COLLECTOR_MODELS: dict[str, ModelSpec] = {
         any_inputs=True,
     ),
 }
+
+# SimbenchGridSim: mosaik-pandapower-2's Grid params plus these, and its models plus these (outputs read from
+# pandapower's result table of the element, `source` naming the column).
+GRID_PARAMS = (
+    "grid",  # a simbench code or a pandapower JSON file: loaded once per process, checked, with its profiles
+    "start",  # the time of mosaik time 0 (ISO 8601), if not the simulator's start_date (where profiles are read)
+)
+
+GRID_MODELS: dict[str, ModelSpec] = {
+    "Transformer": ModelSpec(
+        doc="A transformer of the grid (extra_info: name, index, sn_mva, hv_bus, lv_bus); pandapower's res_trafo.",
+        public=False,
+        outputs=(
+            Attr("loading[%]", "loading of the transformer", source="loading_percent"),
+            Attr("P_hv[MW]", "active power into the high-voltage side", source="p_hv_mw"),
+        ),
+    ),
+}

@@ -1,45 +1,100 @@
-"""SimbenchGridSim: mosaik-pandapower-2's grid simulator with simbench profiles read at the simulated time.
+"""SimbenchGridSim: mosaik-pandapower-2's grid simulator with the grid's profiles read at the simulated time and
+transformer results.
 
-mosaik-pandapower-2 applies a simbench grid's load/generation profiles at row ``time // 900``, i.e. as if mosaik
-time 0 were 2016-01-01 00:00 and one mosaik time unit one second, whatever the scenario's start and
-time_resolution. This subclass takes the row from the simulated datetime instead: ``start_date`` + time *
-time_resolution, mapped onto the profiles' year 2016 (same month, day and clock time; a run crossing New Year
-continues at the start of the profiles). Steps shorter than the profiles' 15 minutes hold the row.
+What it adds to mosaik-pandapower-2 (everything else is the adapter as it is):
+
+- ``Grid(grid=...)``: a simbench code (e.g. ``1-LV-rural2--0-sw``) or a pandapower JSON file (a simbench net saved
+  with ``pandapower.to_json`` keeps its profiles), loaded once per process and checked (`evagg.simulators.grids`).
+  ``Grid(simbench=CODE)`` is the same as ``Grid(grid=CODE)``; the adapter's other sources (``json``, ``xlsx``,
+  ``net``, ``network_function``) load as in the adapter, without profiles.
+- Profiles at the simulated time: the adapter applies a simbench grid's load/generation profiles at row
+  ``time // 900``, i.e. as if mosaik time 0 were 2016-01-01 00:00 and one mosaik time unit one second. Here the
+  time of a step is ``start`` (model param) or else ``start_date`` (simulator param; default 2016-01-01) + time *
+  time_resolution, mapped onto the profiles' year 2016 (same month, day and clock time; a run crossing New Year
+  continues at the start of the profiles). A step longer than the profiles' 15 minutes gets the mean of the rows
+  it covers; a shorter one holds its row.
+- ``Transformer`` children (``Transformer-<index>``, related to their two buses) with ``loading[%]`` and
+  ``P_hv[MW]`` (pandapower's ``res_trafo``), declared in `evagg.plugin.meta.GRID_MODELS`.
 
 sim_config entry: ``{"python": "evagg.plugin:SimbenchGridSim"}``;
-``world.start("Grid", step_size=900, start_date="2026-06-01 00:00:00").Grid(simbench="1-MV-rural--0-sw")``.
-Everything else is mosaik-pandapower-2 as it is.
+``world.start("Grid", step_size=900, start_date="2026-06-01 00:00:00").Grid(simbench="1-MV-rural--0-sw")`` or
+``world.start("Grid", step_size=900).Grid(grid="net.json", start="2026-01-14 00:00:00")``.
 """
 from __future__ import annotations
 
-import pandas as pd
-from mosaik_components.pandapower.simulator import Simulator, apply_profiles
+import copy
+
+from mosaik_components.pandapower.simulator import META as _PP_META
+from mosaik_components.pandapower.simulator import Simulator
+
+from evagg.simulators.aggregator import to_datetime64
+from evagg.simulators.grids import Feeder, load_grid
+
+from .meta import GRID_MODELS, GRID_PARAMS
 
 PROFILE_YEAR = 2016
-PROFILE_STEP_S = 900
+
+META = copy.deepcopy(_PP_META)
+META["models"]["Grid"]["params"] = list(META["models"]["Grid"]["params"]) + list(GRID_PARAMS)
+META["models"].update({name: spec.description() for name, spec in GRID_MODELS.items()})
+_OUTPUTS = {model: spec.output_attrs for model, spec in GRID_MODELS.items()}
+_RESULTS = {"Transformer": "res_trafo"}
 
 
 class SimbenchGridSim(Simulator):
+    """mosaik-pandapower-2 with profiles at the simulated time and transformer results (see the module doc)."""
+
+    def __init__(self):
+        super().__init__()
+        self.meta = copy.deepcopy(META)
+        self.time_resolution = 1.0
+        self.start_date = to_datetime64(f"{PROFILE_YEAR}-01-01")
+        self.start = self.start_date  # the time of mosaik time 0 (where the profiles are read)
+        self.feeder: Feeder | None = None  # the grid loaded by grid= / simbench=, with its profiles
+
     def init(self, sid, time_resolution: float = 1.0, step_size: int | None = 900, start_date: str | None = None):
-        self._time_resolution = float(time_resolution)
-        ts = pd.Timestamp(start_date if start_date is not None else f"{PROFILE_YEAR}-01-01")
-        if ts.tzinfo is not None:
-            ts = ts.tz_convert("UTC").tz_localize(None)
-        self._start = ts
+        self.time_resolution = float(time_resolution)
+        if start_date is not None:
+            self.start_date = self.start = to_datetime64(start_date)
         return super().init(sid, time_resolution=time_resolution, step_size=step_size)
 
-    def profile_row(self, time: int) -> int:
-        """The profile row (15-min steps from 2016-01-01 00:00) of mosaik time `time`."""
-        t = self._start + pd.Timedelta(seconds=time * self._time_resolution)
-        in_year = t.replace(year=PROFILE_YEAR) - pd.Timestamp(f"{PROFILE_YEAR}-01-01")
-        return int(in_year.total_seconds() // PROFILE_STEP_S)
+    def create_grid(self, **params):
+        start = params.pop("start", None)
+        if start is not None:
+            self.start = to_datetime64(start)
+        if "grid" in params or "simbench" in params:
+            spec = params.pop("grid", None)
+            code = params.pop("simbench", None)
+            if spec is not None and code is not None:
+                raise ValueError("SimbenchGridSim: give grid= or simbench=, not both")
+            if params:
+                raise ValueError(f"SimbenchGridSim: grid= / simbench= cannot be combined with "
+                                 f"{', '.join(sorted(params))}")
+            self.feeder = load_grid(spec if spec is not None else code)
+            result = super().create_grid(net=self.feeder.copy_net())
+        else:
+            result = super().create_grid(**params)  # no profiles: the adapter loads them for simbench= only
+        for row in self._net.trafo.itertuples():
+            eid = f"Transformer-{row.Index}"
+            info = {"name": row.name, "index": row.Index, "sn_mva": float(row.sn_mva), "hv_bus": int(row.hv_bus),
+                    "lv_bus": int(row.lv_bus)}
+            result["children"].append({"type": "Transformer", "eid": eid, "rel": [f"Bus-{row.hv_bus}",
+                                                                                   f"Bus-{row.lv_bus}"],
+                                       "extra_info": info})
+            self._extra_info[eid] = info
+        return result
 
     def step(self, time, inputs, max_advance):
-        profiles = self._profiles
-        if profiles:
-            apply_profiles(self._net, profiles, self.profile_row(time))
-        self._profiles = None  # the parent would apply row time // 900 again
-        try:
-            return super().step(time, inputs, max_advance)
-        finally:
-            self._profiles = profiles
+        if self.feeder is not None and self.feeder.profiles:
+            step_s = (self._step_size or 0) * self.time_resolution
+            values = self.feeder.profile_values(self.start, time * self.time_resolution, step_s)
+            for (elm, col), (idx, row) in values.items():
+                self._net[elm].loc[idx, col] = row
+        return super().step(time, inputs, max_advance)
+
+    def get_entity_data(self, eid, attrs):
+        model, idx = self.get_model_and_idx(eid)
+        if model in _OUTPUTS:
+            res = self._net[_RESULTS[model]]
+            return {a: float(res.at[idx, _OUTPUTS[model][a].source]) for a in attrs}
+        return super().get_entity_data(eid, attrs)

@@ -199,8 +199,7 @@ Ctrl-C: the folder keeps every step done and summary.json says "complete": false
 
 
 def _setup_run(p: argparse.ArgumentParser) -> None:
-    from evagg.scenarios.common import DEFAULT_AGGREGATORS, DEFAULT_EVS, DEFAULT_START, SCENARIOS
-    from evagg.scenarios.grids import DEFAULT_GRID
+    from evagg.scenarios.common import DEFAULT_AGGREGATORS, DEFAULT_EVS, DEFAULT_GRID, DEFAULT_START, SCENARIOS
 
     p.description = RUN_DESCRIPTION
     p.epilog = RUN_EPILOG

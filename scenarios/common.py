@@ -33,10 +33,10 @@ import numpy as np
 import pandas as pd
 
 from evagg.simulators.dispatch import METHODS
-
-from .grids import DEFAULT_GRID, GridError, load_grid
+from evagg.simulators.grids import GridError, load_grid
 
 SCENARIOS = ("feeder_day", "grid_impact", "remote")
+DEFAULT_GRID = "1-LV-rural2--0-sw"  # simbench's rural LV feeder: 97 buses, 99 loads, 8 PV units, a 250 kVA transformer
 DEFAULT_START = "2026-01-14T12:00:00"  # a winter weekday from noon: the evening peak, the night, the morning
 DEFAULT_EVS = 60
 DEFAULT_AGGREGATORS = 2
@@ -222,10 +222,15 @@ def _number(value, what: str, lo: float, hi: float) -> float:
 
 def check_inputs(opts: Options):
     """Load the grid and read the signal (if any) before anything is written: ScenarioError if they do not work."""
+    if not opts.grid.strip():
+        raise ScenarioError("--grid is empty: give a simbench code (e.g. 1-LV-semiurb4--0-sw) or a pandapower .json "
+                            "file")
     try:
         feeder = load_grid(opts.grid)
     except GridError as exc:
         raise ScenarioError(str(exc)) from None
+    if not len(feeder.load_buses):
+        raise ScenarioError(f"grid {feeder.spec} has no load in service: there is no bus to spread the EVs over")
     reference = None
     if opts.signal is not None:
         from evagg.simulators.aggregator import SignalSource

@@ -8,7 +8,7 @@ The world:
 
 - ``Grid``: the feeder (default the rural simbench LV grid 1-LV-rural2--0-sw: 97 buses, 99 loads, 8 PV units, a
   250 kVA transformer; shipped with simbench, no download) in mosaik-pandapower-2, with its load and generation
-  profiles at the simulated time (`evagg.scenarios.sims.FeederGridSim`); default period: a winter weekday from
+  profiles at the simulated time (`evagg.plugin.SimbenchGridSim`); default period: a winter weekday from
   noon (2026-01-14 12:00, profiles of 2016-01-14) to the next noon;
 - ``EVAgg``: one simulator per aggregator (default 2, sharing 60 EVs), each an evagg ``Aggregator`` whose EVs
   sit at the feeder's load buses (`evagg.scenarios.common.build_fleet`: each EV at a fixed bus, one plug-in
@@ -56,10 +56,10 @@ from .common import (
 )
 
 SIM_CONFIG = {
-    "Grid": {"python": "evagg.scenarios.sims:FeederGridSim"},
-    "EVAgg": {"python": "evagg.scenarios.sims:FleetAggregatorSim"},
+    "Grid": {"python": "evagg.plugin:SimbenchGridSim"},
+    "EVAgg": {"python": "evagg.plugin:AggregatorSim"},
     "Ref": {"python": "evagg.plugin:ReferenceSim"},
-    "Results": {"python": "evagg.scenarios.sims:ResultsSim"},
+    "Results": {"python": "evagg.plugin:CollectorSim"},
 }
 
 AGGREGATOR_OUTPUTS = ("P[MW]", "P_ref[MW]", "tracking_error[MW]", "n_plugged", "energy[MWh]", "shortfall[MWh]")
@@ -134,10 +134,7 @@ def build_world(opts: Options, method: str, out: Path, aggs: list[dict], on_step
                                      until=opts.until)
             world.connect(sig, agg, "P_ref[MW]", *(["P_forecast[MW]"] if fsteps else []))
             connect_buses(world, agg, grid)
-            outputs = list(AGGREGATOR_OUTPUTS)
-            if all(a in agg.model_mock.output_attrs for a in SOC_OUTPUTS):  # not in a plain AggregatorSim
-                outputs += SOC_OUTPUTS
-            world.connect(agg, table, *outputs)
+            world.connect(agg, table, *AGGREGATOR_OUTPUTS, *SOC_OUTPUTS)
             for child in agg.children:
                 world.connect(child, table, "P[MW]")
             world.connect(sig, table, "P_ref[MW]")

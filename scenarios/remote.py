@@ -5,8 +5,8 @@ script (``{"cmd": "evagg-mosaik -l warning %(addr)s", "posix": True}``; see `eva
     from evagg.scenarios import remote; remote.main(evs=40, out="results/remote")
 
 The grid, the reference signals and the results table stay in mosaik's process; the aggregators talk to it over
-TCP on the loopback. The results are the same as feeder_day's, value for value, except that the plain plugin
-simulator has no state-of-charge spread outputs (``soc_*[%]``), so energy.png shows the fleet's energy only.
+TCP on the loopback. The results are the same as feeder_day's, value for value (the state-of-charge spread
+``soc_*[%]`` included).
 """
 from __future__ import annotations
 

@@ -406,30 +406,77 @@ def test_collector_writes_a_tidy_table(files, tmp_path, suffix):
     assert not Path(str(path) + ".partial.csv").exists()
 
 
-@pytest.mark.parametrize("start, time_resolution, times, rows", [
-    (None, 1.0, [0, 900, 1800], [0, 1, 2]),  # as mosaik-pandapower-2 itself
-    ("2026-06-01 06:00:00", 60.0, [0, 15, 20], [14616, 14617, 14617]),  # 1 June 06:00 in 2016; 5-min hold
-    ("2026-12-31 23:45:00", 1.0, [0, 900], [35135, 0]),  # across New Year: back to the first row
+@pytest.mark.parametrize("start, time_resolution, step_size, times, rows", [
+    (None, 1.0, 900, [0, 900, 1800], [[0], [1], [2]]),  # as mosaik-pandapower-2 itself
+    ("2026-06-01 06:00:00", 60.0, 5, [0, 15, 20], [[14616], [14617], [14617]]),  # 1 June 06:00 in 2016; 5-min hold
+    ("2026-12-31 23:45:00", 1.0, 900, [0, 900], [[35135], [0]]),  # across New Year: back to the first row
+    ("2026-06-01 06:00:00", 1.0, 3600, [0, 3600], [[14616, 14617, 14618, 14619], [14620, 14621, 14622, 14623]]),
 ])
-def test_simbench_profiles_follow_the_simulated_time(files, start, time_resolution, times, rows):
+def test_simbench_profiles_follow_the_simulated_time(files, start, time_resolution, step_size, times, rows):
     from evagg.plugin import SimbenchGridSim
+    from evagg.simulators.grids import Feeder
 
     net = pp.from_json(files["net"])
     pp.create_load(net, 5, p_mw=0.0)
     path = files["dir"] / "net_with_load.json"
     pp.to_json(net, str(path))
     sim = SimbenchGridSim()
-    sim.init("Grid-0", time_resolution=time_resolution, step_size=15 if time_resolution == 60.0 else 900,
-             start_date=start)
+    sim.init("Grid-0", time_resolution=time_resolution, step_size=step_size, start_date=start)
     sim.create(1, "Grid", json=str(path))
     # A stand-in for simbench's profiles: row r holds r/10 W for the one load.
     profile = np.arange(35136) * 1e-7
-    sim._profiles = {("load", "p_mw"): pd.DataFrame({0: profile})}
+    sim.feeder = Feeder(spec="stand-in", kind="json", net=net, profiles={("load", "p_mw"): (np.array([0]),
+                                                                                           profile[:, None])})
     sim.setup_done()
-    for t, row in zip(times, rows):
+    for t, r in zip(times, rows):
         sim.step(t, {}, t)
-        assert sim.get_net().load.at[0, "p_mw"] == profile[row]
-    assert sim._profiles is not None
+        assert sim.get_net().load.at[0, "p_mw"] == pytest.approx(profile[r].mean(), rel=1e-12)
+
+
+def test_grid_from_a_file_with_transformer_results(files):
+    """Grid(grid=path.json, start=...) in a mosaik world: Transformer children with pandapower's res_trafo."""
+    world = mosaik.World({**PY, "Grid": {"python": "evagg.plugin:SimbenchGridSim"}}, debug=False)
+    try:
+        grid = world.start("Grid", step_size=STEP).Grid(grid=files["net"], start=START)
+        trafos = [c for c in grid.children if c.type == "Transformer"]
+        assert [t.eid for t in trafos] == ["Transformer-0"] and trafos[0].extra_info["sn_mva"] == 0.4
+        inp = world.start("In", step_size=STEP).Function(function=lambda t: 0.05)
+        world.connect(inp, [c for c in grid.children if c.eid == "Bus-5"][0], ("value", "P_load[MW]"))
+        outsim = world.start("Out")
+        out = outsim.Dict()
+        world.connect(trafos[0], out, "loading[%]", "P_hv[MW]")
+        world.run(until=2 * STEP, print_progress=False, shutdown=False)
+        data = outsim.get_dict(out.eid)
+    finally:
+        world.shutdown()
+    net = pp.from_json(files["net"])  # the same power flow, in pandapower directly
+    pp.create_load(net, 5, p_mw=0.05)
+    pp.runpp(net, numba=False)
+    got = data[STEP]
+    assert got["P_hv[MW]"]["Grid-0.Transformer-0"] == pytest.approx(float(net.res_trafo.p_hv_mw[0]))
+    assert got["P_hv[MW]"]["Grid-0.Transformer-0"] > 0.05  # the load plus the losses
+    assert got["loading[%]"]["Grid-0.Transformer-0"] == pytest.approx(float(net.res_trafo.loading_percent[0]))
+
+
+def test_soc_spread_through_mosaik(files):
+    """soc_min/p10/p50/p90/max[%]: the percentiles of the plugged EVs' state of charge at the end of each step, the
+    aggregator model's `soc_spread()`, and None while no EV is plugged in."""
+    soc = ("soc_min[%]", "soc_p10[%]", "soc_p50[%]", "soc_p90[%]", "soc_max[%]")
+    data, _ = run_world(files, grid=False, extra=lambda world, agg, out: world.connect(agg, out, *soc))
+    fleet = read_sessions(files["sessions"])
+    model = Aggregator(fleet, T0, STEP, horizon=6, method="dchr")
+    source = SignalSource(read_reference(files["signal"]), T0, STEP)
+    seen = 0
+    for k, t in enumerate(sorted(data)):
+        res = model.step(k, p_ref_kw=source.value(k))
+        q = model.soc_spread()
+        got = [data[t][a][AGG] for a in soc]
+        if res.n_plugged == 0:
+            assert q is None and got == [None] * 5
+            continue
+        seen += 1
+        assert got == pytest.approx(q.tolist(), abs=1e-9) and got == sorted(got) and 0 <= got[0] <= got[-1] <= 100
+    assert seen >= 5
 
 
 def test_evagg_mosaik_picks_the_simulator(capsys):

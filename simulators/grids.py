@@ -1,5 +1,6 @@
-"""The feeder of a scenario: a simbench grid (shipped with simbench, no download) or a pandapower JSON file, with
-its load and generation profiles when it has them, loaded once per process and checked.
+"""A grid: a simbench grid (shipped with simbench, no download) or a pandapower JSON file, with its load and
+generation profiles when it has them, loaded once per process and checked (mosaik-free; pandapower and simbench are
+imported on first use). `evagg.plugin.SimbenchGridSim` (``Grid(grid=...)``) and the scenarios load grids here.
 
 Profiles (simbench's, 15-minute rows over the year 2016) are read at the simulated time: the row of the same month,
 day and clock time in 2016 (a run that crosses New Year continues at the start of the profiles). A step longer
@@ -17,13 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-log = logging.getLogger("evagg.scenarios")
+log = logging.getLogger("evagg.simulators")
 
-DEFAULT_GRID = "1-LV-rural2--0-sw"
 PROFILE_YEAR = 2016
 PROFILE_STEP_S = 900
 
-__all__ = ["GridError", "Feeder", "load_grid", "DEFAULT_GRID", "profile_rows"]
+__all__ = ["GridError", "Feeder", "load_grid", "profile_rows"]
 
 
 class GridError(ValueError):
@@ -104,10 +104,10 @@ _CACHE: dict = {}
 def load_grid(spec) -> Feeder:
     """The grid `spec`: a simbench code (e.g. ``1-LV-semiurb4--0-sw``) or a pandapower JSON file (a simbench net
     saved with ``pandapower.to_json`` keeps its profiles). Loaded once per process; GridError if it does not load,
-    has no external grid, no load bus, or its power flow does not converge."""
+    has no external grid, or its power flow does not converge."""
     spec = str(spec).strip()
     if not spec:
-        raise GridError("--grid is empty: give a simbench code (e.g. 1-LV-semiurb4--0-sw) or a pandapower .json file")
+        raise GridError("the grid is empty: give a simbench code (e.g. 1-LV-semiurb4--0-sw) or a pandapower .json file")
     is_file = spec.lower().endswith(".json") or os.sep in spec or Path(spec).exists()
     if is_file:
         path = Path(spec).expanduser().resolve()
@@ -137,7 +137,7 @@ def load_grid(spec) -> Feeder:
 
             codes = set(sb.collect_all_simbench_codes())
             if spec not in codes:
-                raise GridError(f"grid {spec!r} is neither a simbench code (e.g. {DEFAULT_GRID}, 1-LV-rural1--0-sw, "
+                raise GridError(f"grid {spec!r} is neither a simbench code (e.g. 1-LV-rural2--0-sw, 1-LV-rural1--0-sw, "
                                 f"1-MV-rural--0-sw) nor an existing pandapower .json file")
             try:
                 net = sb.get_simbench_net(spec)
@@ -183,8 +183,6 @@ def _check(feeder: Feeder) -> None:
         raise GridError(f"grid {spec} has no buses")
     if net.ext_grid.empty:
         raise GridError(f"grid {spec} has no external grid (slack): the power flow needs one")
-    if not len(feeder.load_buses):
-        raise GridError(f"grid {spec} has no load in service: there is no bus to spread the EVs over")
     trial = feeder.copy_net()
     for (elm, col), (idx, values) in feeder.profiles.items():
         trial[elm].loc[idx, col] = values[0]
