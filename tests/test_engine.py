@@ -249,3 +249,23 @@ def test_the_qp_worker_gives_the_in_process_answer(fleet50, surplus50, monkeypat
     monkeypatch.setattr(relaxation, "IN_PROCESS_MAX_EV_STEPS", 0)
     there = dispatch(fleet50, surplus50, "dchr")
     assert np.array_equal(here.pc, there.pc) and np.array_equal(here.pd, there.pd)
+
+
+@pytest.mark.parametrize("kind", ["regulation", "surplus"])
+def test_dcls_and_dchr_agree_with_the_exact_miqp_on_a_small_fleet(kind):
+    """Against SCIP on the MIQP itself (its best answer within 60 s): the same optimum in the normal regime, and
+    within 1% where the surplus makes the relaxation cycle energy (the integer optimum lies above its bound)."""
+    fleet = synthetic_fleet(8, seed=4, start="2026-06-01T00:00:00", v2g_share=0.8)
+    full = synthetic_reference(fleet, seed=4, kind=kind)
+    k0, T = 32, 40  # 08:00 to 18:00, across the midday surplus block
+    ref = Reference(full.start + full.step * k0, full.step, full.p_ref_kw[k0:k0 + T])
+    exact = dispatch(fleet, ref, "exact", time_limit_s=60)
+    assert exact.status in ("optimal", "time_limit"), exact.message
+    for method in ("dcls", "dchr"):
+        res = dispatch(fleet, ref, method)
+        assert not any(res.violations.values())
+        assert res.lower_bound <= exact.sse * (1 + 1e-9)
+        if kind == "regulation":
+            assert res.sse == pytest.approx(exact.sse, rel=1e-3, abs=float(T))
+        else:
+            assert res.sse <= exact.sse * 1.01
