@@ -175,14 +175,12 @@ class RelaxedQP:
         i22 = np.where(hd, B11 / det, 0.0)
         i12 = np.where(hc & hd, -B12 / det, 0.0)
         a, b = self.a, self.b
-        self.BJc, self.BJd = i11 - i12, i12 - i22  # B^-1 J^T, J = (1, -1)
         self.BEc, self.BEd = a * i11 - b * i12, a * i12 - b * i22  # B^-1 E^T, E = (a, -b)
         self.i11, self.i12, self.i22 = i11, i12, i22
-        alpha = self.BJc - self.BJd
         beta = self.BEc - self.BEd
         gamma = np.where(lay.valid, a * self.BEc - b * self.BEd, 1.0)
         both = hc & hd
-        # alpha - beta^2/gamma = (a - b)^2 / (det B * gamma) for two-variable steps, 0 for one: no cancellation
+        # J B^-1 J^T - beta^2/gamma = (a - b)^2 / (det B * gamma) for two-variable steps, 0 for one: no cancellation
         direct = np.where(both, (a - b) ** 2 / (det * gamma), 0.0)
         self.gamma = gamma
         c = beta / gamma

@@ -53,7 +53,7 @@ def cut_and_fix(problem: Problem, p_ref: np.ndarray, solve_relaxed, max_rounds: 
     # Small problems afford a round per conflicting step; large ones share a fixed budget of work.
     fixing_rounds = max(MIN_FIXING_ROUNDS, ROUNDS_BUDGET_EV_STEPS // max(ev_steps, 1))
     for rule in rules:
-        has_c, has_d, sol, width = can_c, can_d, first, 0
+        has_c, has_d, sol, prev, width = can_c, can_d, first, first, 0
         for rounds in range(1, max_rounds + 1):
             if rounds > 1:
                 sol = solve_relaxed(has_c, has_d, start=prev)

@@ -4,37 +4,16 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from evagg.simulators.baselines import solve_edf, solve_round_robin, solve_uncontrolled
-from evagg.simulators.fleet import Fleet
 from evagg.simulators.problem import Problem
-from evagg.simulators.tables import validate_sessions
 
-START = np.datetime64("2026-06-01T00:00:00", "s")
+from sessions import make_problem
+
 BASELINES = (solve_uncontrolled, solve_edf, solve_round_robin)
-
-DEFAULTS = dict(
-    energy_initial_kwh=0.0, energy_target_kwh=20.0, capacity_kwh=100.0, p_charge_max_kw=10.0,
-    p_discharge_max_kw=0.0, eta_charge=1.0, eta_discharge=1.0, energy_min_kwh=0.0,
-)
-
-
-def make_problem(sessions: list[dict], n_steps: int, dt_h: float = 1.0) -> Problem:
-    """A problem from session dicts with arrival / departure given in steps (floats) from START."""
-    step_s = int(round(dt_h * 3600))
-    rows = []
-    for k, s in enumerate(sessions):
-        row = dict(DEFAULTS, ev_id=f"ev{k}")
-        row.update({c: v for c, v in s.items() if c not in ("arrive", "depart")})
-        row["arrival"] = START + np.timedelta64(int(round(s["arrive"] * step_s)), "s")
-        row["departure"] = START + np.timedelta64(int(round(s["depart"] * step_s)), "s")
-        rows.append(row)
-    fleet = Fleet.from_frame(validate_sessions(pd.DataFrame(rows)))
-    return Problem.build(fleet, START, np.timedelta64(step_s, "s"), n_steps)
 
 
 def sse(out, p_ref) -> float:

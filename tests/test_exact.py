@@ -4,39 +4,13 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from evagg.simulators.baselines import solve_edf, solve_round_robin, solve_uncontrolled
 from evagg.simulators.exact import solve_exact
-from evagg.simulators.fleet import Fleet
 from evagg.simulators.problem import Problem
-from evagg.simulators.tables import validate_sessions
 
-START = np.datetime64("2026-06-01T00:00:00", "s")
-DEFAULTS = dict(
-    energy_initial_kwh=0.0, energy_target_kwh=20.0, capacity_kwh=100.0, p_charge_max_kw=10.0,
-    p_discharge_max_kw=0.0, eta_charge=1.0, eta_discharge=1.0, energy_min_kwh=0.0,
-)
-
-
-def make_fleet(sessions: list[dict], dt_h: float = 1.0) -> Fleet:
-    """A fleet from session dicts with arrival / departure given in steps (floats) from START."""
-    step_s = int(round(dt_h * 3600))
-    rows = []
-    for k, s in enumerate(sessions):
-        row = dict(DEFAULTS, ev_id=f"ev{k}")
-        row.update({c: v for c, v in s.items() if c not in ("arrive", "depart")})
-        row["arrival"] = START + np.timedelta64(int(round(s["arrive"] * step_s)), "s")
-        row["departure"] = START + np.timedelta64(int(round(s["depart"] * step_s)), "s")
-        rows.append(row)
-    return Fleet.from_frame(validate_sessions(pd.DataFrame(rows)))
-
-
-def make_problem(sessions: list[dict], n_steps: int, dt_h: float = 1.0) -> Problem:
-    step_s = int(round(dt_h * 3600))
-    return Problem.build(make_fleet(sessions, dt_h), START, np.timedelta64(step_s, "s"), n_steps)
-
+from sessions import START, make_fleet, make_problem
 
 def random_problem(seed: int, n: int, n_steps: int) -> tuple[Problem, np.ndarray]:
     """A small random fleet over n_steps of 30 min (half of it V2G) and a reference around what it can take."""

@@ -5,7 +5,6 @@ Only loopback is used. Worlds run a few hours of 15-minute steps; each test take
 from __future__ import annotations
 
 import logging
-import os
 import shlex
 import shutil
 import socket
@@ -16,7 +15,6 @@ from pathlib import Path
 
 import mosaik
 import numpy as np
-import pandas as pd
 import pytest
 
 from evagg.plugin import AggregatorSim, CollectorSim, ReferenceSim, connect_buses
