@@ -103,11 +103,11 @@ def solve_exact(problem: Problem, p_ref_kw, *, time_limit_s=None, mip_gap=1e-6) 
 
 
 def _fallback(problem: Problem, p_ref_kw, why: str) -> MethodOutput:
-    from .baselines import solve_uncontrolled
-
-    out = solve_uncontrolled(problem, p_ref_kw)
+    """The better tracking of the EDF and round-robin baselines (the same dispatch SCIP was started from)."""
+    p_ref = np.broadcast_to(np.asarray(p_ref_kw, dtype=float), (problem.n_steps,))
+    name, out = _best_baseline(problem, p_ref)
     out.status = "fallback"
-    out.message = f"{why}; fell back to uncontrolled charging"
+    out.message = f"{why}; fell back to the {name} baseline"
     return out
 
 
@@ -134,7 +134,7 @@ def _solve_exact(problem, p_ref_kw, time_limit_s, mip_gap, t_start) -> MethodOut
     # Warm start: the modes (uc, ud) of the better tracking baseline, as a partial solution that SCIP's completesol
     # heuristic completes (a QP in the powers) before presolving. Only a head start for the primal side; it does
     # not change the model, and it gives a time-limited run a good incumbent early.
-    _set_start_modes(m, _best_baseline(problem, p_ref))
+    _set_start_modes(m, _best_baseline(problem, p_ref)[1])
     options = {"limits/gap": float(mip_gap), "display/verblevel": 0}
     if time_limit_s is not None:
         # The limit covers the whole method: what building the model took is not left to SCIP.
@@ -185,8 +185,8 @@ def _solve_exact(problem, p_ref_kw, time_limit_s, mip_gap, t_start) -> MethodOut
 def _best_baseline(problem: Problem, p_ref: np.ndarray) -> MethodOutput:
     from .baselines import solve_edf, solve_round_robin
 
-    outs = [solve_edf(problem, p_ref), solve_round_robin(problem, p_ref)]
-    return min(outs, key=lambda o: float(np.sum(((o.pc - o.pd).sum(axis=0) - p_ref) ** 2)))
+    outs = [("edf", solve_edf(problem, p_ref)), ("round_robin", solve_round_robin(problem, p_ref))]
+    return min(outs, key=lambda o: float(np.sum(((o[1].pc - o[1].pd).sum(axis=0) - p_ref) ** 2)))
 
 
 def _set_start_modes(m, start: MethodOutput) -> None:

@@ -148,4 +148,11 @@ def solve_dchr(problem: Problem, p_ref_kw: np.ndarray, *, time_limit_s: float | 
 
     ev_steps = int(problem.plugged.sum())
     qp_class = CentralQP if ev_steps <= IN_PROCESS_MAX_EV_STEPS else _WorkerQP
-    return dispatch_by_cuts(problem, p_ref_kw, qp_class(problem, p_ref_kw), time_limit_s)
+    try:
+        return dispatch_by_cuts(problem, p_ref_kw, qp_class(problem, p_ref_kw), time_limit_s)
+    except RuntimeError as exc:  # the PIQP worker died: the same relaxation, decomposed, is the next best answer
+        from .dcls import solve_dcls
+
+        out = solve_dcls(problem, p_ref_kw, time_limit_s=time_limit_s)
+        out.status, out.message = "fallback", f"dchr failed ({exc}); solved by dcls instead"
+        return out

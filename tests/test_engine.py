@@ -238,8 +238,9 @@ def test_a_crashing_qp_worker_becomes_a_reported_fallback(fleet50, reference50, 
     monkeypatch.setattr(relaxation.CentralQP, "solve", lambda *a, **k: os.kill(os.getpid(), signal.SIGSEGV))
     res = dispatch(fleet50, reference50, "dchr")
     assert res.status == "fallback"
-    assert "PIQP worker died" in res.message
+    assert "PIQP worker died" in res.message and "solved by dcls instead" in res.message
     assert not any(res.violations.values())
+    assert res.sse == pytest.approx(dispatch(fleet50, reference50, "dcls").sse)
 
 
 def test_the_qp_worker_gives_the_in_process_answer(fleet50, surplus50, monkeypatch):
