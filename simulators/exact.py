@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from .dispatch import MethodOutput
+from .integer import tracking_sse
 from .problem import Problem, make_feasible
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ def _solve_exact(problem, p_ref_kw, time_limit_s, mip_gap, t_start) -> MethodOut
     # The gap is that of the dispatch returned (its SSE, not SCIP's epigraph value, which may undercut the true
     # square by the feasibility tolerance) over SCIP's dual bound.
     lower_bound = None if lb is None else max(lb, 0.0)
-    sse = float(np.sum(((pc - pd).sum(axis=0) - p_ref) ** 2))
+    sse = tracking_sse(pc, pd, p_ref)
     gap = None if lower_bound is None else max(sse - lower_bound, 0.0) / max(sse, 1e-12)
     if tc == TC.convergenceCriteriaSatisfied:  # SCIP's "optimal" or "gaplimit" (optimal to mip_gap)
         status, message = "optimal", ""
@@ -186,7 +187,7 @@ def _best_baseline(problem: Problem, p_ref: np.ndarray) -> MethodOutput:
     from .baselines import solve_edf, solve_round_robin
 
     outs = [("edf", solve_edf(problem, p_ref)), ("round_robin", solve_round_robin(problem, p_ref))]
-    return min(outs, key=lambda o: float(np.sum(((o[1].pc - o[1].pd).sum(axis=0) - p_ref) ** 2)))
+    return min(outs, key=lambda o: tracking_sse(o[1].pc, o[1].pd, p_ref))
 
 
 def _set_start_modes(m, start: MethodOutput) -> None:

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 
 from evagg.simulators.fleet import Fleet
+from evagg.simulators.integer import tracking_sse
 from evagg.simulators.problem import Problem
 from evagg.simulators.tables import validate_sessions
 
@@ -32,3 +33,15 @@ def make_fleet(sessions: list[dict], dt_h: float = 1.0) -> Fleet:
 def make_problem(sessions: list[dict], n_steps: int, dt_h: float = 1.0) -> Problem:
     step_s = int(round(dt_h * 3600))
     return Problem.build(make_fleet(sessions, dt_h), START, np.timedelta64(step_s, "s"), n_steps)
+
+
+def sse(out, p_ref) -> float:
+    """Tracking SSE of a method's output (kW^2)."""
+    return tracking_sse(out.pc, out.pd, p_ref)
+
+
+def assert_feasible(problem: Problem, out) -> None:
+    """Every constraint of the spec holds, with the output's shape."""
+    bad = {k: v for k, v in problem.violations(out.pc, out.pd).items() if v}
+    assert not bad, bad
+    assert out.pc.shape == out.pd.shape == (problem.n_evs, problem.n_steps)

@@ -11,19 +11,14 @@ from hypothesis import strategies as st
 from evagg.simulators.baselines import solve_edf, solve_round_robin, solve_uncontrolled
 from evagg.simulators.problem import Problem
 
-from sessions import make_problem
+import sessions
+from sessions import make_problem, sse
 
 BASELINES = (solve_uncontrolled, solve_edf, solve_round_robin)
 
 
-def sse(out, p_ref) -> float:
-    return float(np.sum(((out.pc - out.pd).sum(axis=0) - p_ref) ** 2))
-
-
 def assert_feasible(problem: Problem, out) -> None:
-    bad = {k: v for k, v in problem.violations(out.pc, out.pd).items() if v}
-    assert not bad, bad
-    assert out.pc.shape == out.pd.shape == (problem.n_evs, problem.n_steps)
+    sessions.assert_feasible(problem, out)
     # exactly zero (not just within tolerance) outside the windows and where the other mode is on
     assert np.all(out.pc[~problem.plugged] == 0) and np.all(out.pd[~problem.plugged] == 0)
     assert not np.any((out.pc > 0) & (out.pd > 0))

@@ -10,7 +10,7 @@ from evagg.simulators.baselines import solve_edf, solve_round_robin, solve_uncon
 from evagg.simulators.exact import solve_exact
 from evagg.simulators.problem import Problem
 
-from sessions import START, make_fleet, make_problem
+from sessions import START, assert_feasible, make_fleet, make_problem, sse
 
 def random_problem(seed: int, n: int, n_steps: int) -> tuple[Problem, np.ndarray]:
     """A small random fleet over n_steps of 30 min (half of it V2G) and a reference around what it can take."""
@@ -30,16 +30,6 @@ def random_problem(seed: int, n: int, n_steps: int) -> tuple[Problem, np.ndarray
     level = pc_max.sum() * 0.4
     p_ref = level * (0.6 + np.sin(np.linspace(0, 3 * np.pi, n_steps))) + rng.normal(0, 3, n_steps)
     return problem, p_ref
-
-
-def sse(out, p_ref) -> float:
-    return float(np.sum(((out.pc - out.pd).sum(axis=0) - p_ref) ** 2))
-
-
-def assert_feasible(problem: Problem, out) -> None:
-    bad = {k: v for k, v in problem.violations(out.pc, out.pd).items() if v}
-    assert not bad, bad
-    assert out.pc.shape == out.pd.shape == (problem.n_evs, problem.n_steps)
 
 
 def test_single_ev_spreads_its_need_evenly():
