@@ -8,7 +8,9 @@ At each step k of length dt (step k covers [start + k*dt, start + (k+1)*dt)) the
    energies it carries (`Problem.build(..., energy_initial_kwh=...)`), over the sessions plugged in at some step
    of the horizon (EVs not yet arrived still hold their session's initial energy; EVs that left are dropped);
 3. applies the plan's first step only: the energy after step k is exactly `Problem.energy` of that first step;
-4. optionally enforces limits P_min <= aggregate <= P_max on step k (see `enforce_limits`);
+4. honours grid limits on the fleet (P_min <= aggregate <= P_max) and on its EVs at each bus, as hard constraints
+   of the dispatch, held over the horizon (a limit stays until the operator changes it); where they leave an EV's
+   departure need out of reach, the need gives way (grid first, see simulators/limits.py) and it is reported;
 5. sums the EVs' net power per grid bus.
 
 The spec's conventions hold throughout (design/dispatch-model.md): kW, kWh, hours; an EV may draw or inject power
@@ -29,13 +31,13 @@ import pandas as pd
 
 from .dispatch import dispatch, method_function
 from .fleet import Fleet
+from .limits import Limits
 from .problem import FEASIBILITY_TOL, Problem
 from .reference import Reference
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Aggregator", "StepResult", "SignalSource", "whole_seconds", "to_datetime64", "DEFAULT_HORIZON",
-           "enforce_limits"]
+__all__ = ["Aggregator", "StepResult", "SignalSource", "whole_seconds", "to_datetime64", "DEFAULT_HORIZON"]
 
 # Steps planned ahead by default. Measured here (2 shared cores; synthetic fleets, 15-min steps, one day from noon,
 # persistence forecast): with 1,000 EVs (about 650 plugged in at once) dchr costs ~45 ms per re-dispatch at 8 steps
@@ -43,6 +45,9 @@ __all__ = ["Aggregator", "StepResult", "SignalSource", "whole_seconds", "to_date
 # A longer horizon pays off only with a good forecast (exact future: 1.9x at 8 steps, 1.2x at 16, 1.0x over the
 # whole remaining period).
 DEFAULT_HORIZON = 8
+# A limit counts as binding in a step when the power it bounds is this close to it (kW): the solvers aim a hair
+# inside each bound (limits.solver_limits).
+LIMIT_BINDING_KW = 1e-2
 
 
 def whole_seconds(value, what: str = "step") -> int:
@@ -77,8 +82,8 @@ class StepResult:
     sessions: np.ndarray = None  # positions (in the fleet) of the sessions planned for in this step
     pc_kw: np.ndarray = None  # their charge power applied in step k (0 for those not plugged in in step k)
     pd_kw: np.ndarray = None  # their discharge power applied in step k
-    limited: bool = False  # the limits changed the plan's first step
-    limit_violated: bool = False  # a limit could not be met without breaking an EV's needs (needs win)
+    limited: bool = False  # a grid limit was binding in step k (the fleet or a bus at one of its bounds)
+    needs_lowered_kwh: float = 0.0  # departure needs the plan gave up because the limits left them out of reach
     message: str = ""
 
     @property
@@ -153,51 +158,6 @@ class SignalSource:
         lo = np.interp(t, self._edges, self._cum)
         hi = np.interp(t + self.step_s, self._edges, self._cum)
         return (hi - lo) / self.step_s
-
-
-def enforce_limits(problem: Problem, pc0: np.ndarray, pd0: np.ndarray, p_min_kw=None, p_max_kw=None):
-    """The first step (pc0, pd0) of a feasible plan over `problem`, changed as little as a proportional rule allows
-    so that P_min <= sum(pc0 - pd0) <= P_max, while every EV stays within what keeps its own plan feasible:
-    power and energy bounds and every departure need still reachable by charging flat out afterwards (the
-    "laxity zero" line of the baselines). Returns (pc0, pd0, limited, violated): `violated` when a limit cannot be
-    met without breaking an EV's needs; the EVs' needs then win and the aggregate is as close as they allow.
-
-    The engine has no aggregate bounds; this rule is applied to the applied step only, the plan's later steps are
-    re-planned at the next step anyway.
-    """
-    a, b = problem.charge_gain, problem.discharge_cost
-    on = (problem.first == 0) & (problem.stop > 0)
-    e = problem.e0
-    left = np.maximum(problem.stop - 1, 0)  # plugged steps of the horizon after this one
-    lo = np.maximum(problem.need_end - a * problem.pc_max * left, problem.floor)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        must = np.clip(np.where(a > 0, (lo - e) / a, 0.0), 0.0, problem.pc_max)
-        room_c = np.clip(np.where(a > 0, (problem.cap - e) / a, 0.0), 0.0, problem.pc_max)
-    room_d = np.minimum(problem.pd_max, np.maximum(e - lo, 0.0) / b)
-    p_hi = np.where(on, np.maximum(room_c, must), 0.0)
-    p_lo = np.where(on, np.where(must > 0.0, must, -room_d), 0.0)
-    p = pc0 - pd0
-    # The plan is feasible, hence within [p_lo, p_hi] up to the solver's tolerance: widen to include it.
-    p_lo, p_hi = np.minimum(p_lo, p), np.maximum(p_hi, p)
-    limited = violated = False
-    total = float(p.sum())
-    if p_max_kw is not None and total > p_max_kw + FEASIBILITY_TOL:
-        limited = True
-        lo_sum = float(p_lo.sum())
-        if lo_sum > p_max_kw:
-            p, violated = p_lo, True
-        else:
-            p = p_lo + (p - p_lo) * ((p_max_kw - lo_sum) / (total - lo_sum))
-    elif p_min_kw is not None and total < p_min_kw - FEASIBILITY_TOL:
-        limited = True
-        hi_sum = float(p_hi.sum())
-        if hi_sum < p_min_kw:
-            p, violated = p_hi, True
-        else:
-            p = p_hi - (p_hi - p) * ((hi_sum - p_min_kw) / (hi_sum - total))
-    if not limited:
-        return pc0, pd0, False, False
-    return np.maximum(p, 0.0), np.maximum(-p, 0.0), True, violated
 
 
 class Aggregator:
@@ -299,7 +259,7 @@ class Aggregator:
         self.energy_kwh = fleet.energy_initial_kwh.astype(float).copy()  # carried state, one per session
         self.final_energy_kwh = np.full(n, np.nan)  # energy at departure, once departed
         self.shortfall_kwh = 0.0  # cumulative, vs the target capped at capacity (the engine's `shortfall`)
-        self.need_unmet_kwh = 0.0  # cumulative, vs the spec's need: must stay 0
+        self.need_unmet_kwh = 0.0  # cumulative, vs the spec's need: 0 unless grid limits left needs out of reach
         self.n_departed = 0
         self.k_next = 0
         self.last: StepResult | None = None
@@ -349,7 +309,8 @@ class Aggregator:
     # ------------------------------------------------------------------------------------------------ stepping
 
     def step(self, k: int | None = None, p_ref_kw: float | None = None, forecast_kw=None,
-             p_min_kw: float | None = None, p_max_kw: float | None = None) -> StepResult:
+             p_min_kw: float | None = None, p_max_kw: float | None = None,
+             bus_limits: Mapping | None = None) -> StepResult:
         """Plan over [t_k, t_k + horizon*dt), apply step k, carry the energies; k defaults to the next step.
 
         p_ref_kw:    the reference for step k; None = none came: the last one is held (said once), or, if there
@@ -357,8 +318,9 @@ class Aggregator:
         forecast_kw: the reference forecast for steps k+1, k+2, ... (any length: cut to the horizon, its last
                      value held if short); None = the aggregator's `forecast` source where it covers, else the
                      step's reference held.
-        p_min_kw / p_max_kw: limits on the aggregate in step k (and assumed to hold over the horizon when
-                     planning); hard as far as the EVs' departure needs allow (see `enforce_limits`).
+        p_min_kw / p_max_kw: grid limits on the fleet's net power in step k, held over the horizon; hard: where
+                     they leave departure needs out of reach the needs give way (said, and `needs_lowered_kwh`).
+        bus_limits:  {bus: (p_min_kw, p_max_kw)} (either may be None): the same for the EVs at that bus.
         """
         if k is None:
             k = self.k_next
@@ -367,6 +329,13 @@ class Aggregator:
                              f"({self.time_of(self.k_next)}), got step {k} ({self.time_of(k)})")
         if p_min_kw is not None and p_max_kw is not None and p_min_kw > p_max_kw + FEASIBILITY_TOL:
             raise ValueError(f"{self.name}: at step {k} P_min ({p_min_kw} kW) is above P_max ({p_max_kw} kW)")
+        bus_limits = {int(b): v for b, v in (bus_limits or {}).items() if v is not None and any(x is not None for x in v)}
+        if bus_limits and self._bus_pos is None:
+            raise ValueError(f"{self.name}: bus limits were given, but its sessions have no bus")
+        unknown = sorted(set(bus_limits) - set(int(b) for b in self.buses))
+        if unknown:
+            raise ValueError(f"{self.name}: limits for bus(es) {unknown} where it has no EVs (its buses: "
+                             f"{[int(b) for b in self.buses]})")
         now = self.time_of(k)
         t0 = _time.perf_counter()
         h = self.horizon if self.end_k is None else max(min(self.horizon, self.end_k - k), 1)
@@ -401,26 +370,31 @@ class Aggregator:
                 m = min(ahead.size, h - 1)
                 plan_ref[1:1 + m] = ahead[:m]
                 plan_ref[1 + m:] = ahead[m - 1]
-            if p_max_kw is not None or p_min_kw is not None:
-                plan_ref = np.clip(plan_ref, p_min_kw, p_max_kw)
 
         # The sessions with a plugged step in [k, k + h): the plan's EVs.
         idx = np.flatnonzero(self.servable & (self.stop_g > k) & (self.first_g < k + h))
-        status, message, limited, violated = "idle", "", False, False
+        status, message, limited, lowered = "idle", "", False, 0.0
         if idx.size:
             sub = self._core.select(idx)
             problem = Problem.build(sub, now, self.step_td, h, energy_initial_kwh=self.energy_kwh[idx])
+            limits = None
+            if p_min_kw is not None or p_max_kw is not None or bus_limits:
+                at = self.session_bus[idx] if self._bus_pos is not None else None
+                limits = Limits.build(len(idx), h, p_min_kw=p_min_kw, p_max_kw=p_max_kw,
+                                      groups={f"bus {b}": (at == b, lo, hi) for b, (lo, hi) in bus_limits.items()})
             method = "uncontrolled" if mode == "uncontrolled" else self.method
             res = dispatch(sub, Reference(now, self.step_td, plan_ref), method=method,
-                           time_limit_s=self.time_limit_s, problem=problem)
-            status, message = res.status, res.message
+                           time_limit_s=self.time_limit_s, problem=problem, limits=limits)
+            status, message, lowered = res.status, res.message, res.needs_lowered_kwh
             pc0, pd0 = res.pc[:, 0], res.pd[:, 0]
-            if p_max_kw is not None or p_min_kw is not None:
-                pc0, pd0, limited, violated = enforce_limits(problem, pc0, pd0, p_min_kw, p_max_kw)
-                if violated:
-                    self._say_once("violated", logging.WARNING,
-                                   "%s: at %s the limits [%s, %s] kW cannot be met without breaking EVs' departure "
-                                   "needs; the needs win (said once)", self.name, now, p_min_kw, p_max_kw)
+            if limits is not None:
+                net0 = limits.net_kw(res.pc[:, :1], res.pd[:, :1])[:, 0]
+                limited = bool(np.any((net0 >= limits.p_max_kw[:, 0] - LIMIT_BINDING_KW)
+                                      | (net0 <= limits.p_min_kw[:, 0] + LIMIT_BINDING_KW)))
+                if lowered > 0:
+                    self._say_once("lowered", logging.WARNING,
+                                   "%s: at %s the grid limits leave %.6g kWh of departure needs out of reach; the "
+                                   "limits come first (said once)", self.name, now, lowered)
             # Exactly the engine's energy after the first step (Problem.energy's first column).
             e_new = problem.energy(pc0[:, None], pd0[:, None])[:, 0]
             self.energy_kwh[idx] = e_new
@@ -457,8 +431,7 @@ class Aggregator:
             k=k, time=now, p_kw=p_kw, p_ref_kw=None if mode == "uncontrolled" else self._last_ref,
             bus_kw=bus_kw, n_plugged=n_plugged, energy_kwh=energy, shortfall_kwh=self.shortfall_kwh,
             solve_time_s=_time.perf_counter() - t0, mode=mode, status=status, sessions=idx, pc_kw=pc0, pd_kw=pd0,
-            limited=limited,
-            limit_violated=violated, message=message,
+            limited=limited, needs_lowered_kwh=lowered, message=message,
         )
         self.last = result
         return result
@@ -477,7 +450,7 @@ class Aggregator:
         return np.percentile(soc, percentiles)
 
     def run(self, n_steps: int, reference: SignalSource | Reference | None = None, perfect_forecast: bool = False,
-            p_max_kw=None, p_min_kw=None) -> list[StepResult]:
+            p_max_kw=None, p_min_kw=None, bus_limits=None) -> list[StepResult]:
         """Step `n_steps` times from the next step, the reference taken from `reference` (None: uncontrolled);
         `perfect_forecast`: its future over the horizon is given exactly, else persistence (or `self.forecast`)."""
         if isinstance(reference, Reference):
@@ -487,7 +460,8 @@ class Aggregator:
             k = self.k_next
             p_ref = None if reference is None else reference.value(k)
             fc = reference.values(k + 1, self.horizon - 1, clip=True) if (perfect_forecast and reference) else None
-            out.append(self.step(k, p_ref, forecast_kw=fc, p_min_kw=p_min_kw, p_max_kw=p_max_kw))
+            out.append(self.step(k, p_ref, forecast_kw=fc, p_min_kw=p_min_kw, p_max_kw=p_max_kw,
+                                 bus_limits=bus_limits))
         return out
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .limits import solver_limits
 from .problem import Problem
 
 # Tie-breakers that pick, among equal-SSE optima, one without simultaneous charge and discharge and with the
@@ -38,6 +39,7 @@ RHO_RIDGE = 1e-7
 ENERGY_SLACK_KWH = 1e-6
 REFINE_PASSES = 2  # one solve plus one round of iterative refinement per Newton direction
 REFINE_BELOW = 1e-3  # ... once the relative residuals are below this
+REFINE_PASSES_LIMITS = 4  # with grid limit rows: refined at every step (measured: 2 passes stall at 1e-2 to 1e-4)
 # Residuals and duality gap relative to the problem's scale below which an answer counts as the optimum (the
 # tolerance aimed at is `solve(tol=1e-6)`); the lower bound is proven from the final multipliers whatever they are.
 ACCURATE_ENOUGH = 1e-4
@@ -56,6 +58,7 @@ class RelaxedSolution:
     converged: bool
     message: str = ""
     multipliers: np.ndarray | None = None  # (5, N, T) of the five row kinds, for warm starts
+    limit_multipliers: np.ndarray | None = None  # (2, R, T) of the grid limit rows (lower, upper), if any
 
 
 def idle_solution(problem: Problem, p_ref: np.ndarray) -> RelaxedSolution:
@@ -66,13 +69,16 @@ def idle_solution(problem: Problem, p_ref: np.ndarray) -> RelaxedSolution:
 
 class _Layout:
     """Active EVs with each window shifted to start at column 0 and padded to L columns, ordered in chunks of
-    similar window length (so that dense per-EV T x T blocks waste little) and by first step within a chunk."""
+    similar window length (so that dense per-EV T x T blocks waste little), by `key` (the EV's class of grid limit
+rows) and by first step within a chunk."""
 
-    def __init__(self, problem: Problem, active: np.ndarray):
+    def __init__(self, problem: Problem, active: np.ndarray, key: np.ndarray | None = None):
         length = (problem.stop - problem.first)[active]
         first = problem.first[active]
         bucket = np.minimum(-(-np.maximum(length, 1) // 8) * 8, max(int(length.max(initial=1)), 1))
-        order = np.lexsort((first, bucket))
+        key = np.zeros(len(first), np.int64) if key is None else key[active]
+        order = np.lexsort((first, key, bucket))  # within a chunk: EVs of one limit class, then by first step
+        self.key = key[order]
         self.idx = np.flatnonzero(active)[order]
         self.first = first[order]
         self.length = length[order]
@@ -119,7 +125,9 @@ class RelaxedQP:
         self.can_c = plugged & (problem.pc_max[:, None] > 0)
         self.can_d = plugged & (problem.pd_max[:, None] > 0)
         active = (self.can_c | self.can_d).any(axis=1)
-        self.lay = lay = _Layout(problem, active)
+        classes = self._limit_rows(problem, active)
+        self.lay = lay = _Layout(problem, active, classes)
+        self.cls = lay.key
         i = lay.idx
         self.Pc = problem.pc_max[i][:, None]
         self.Pd = problem.pd_max[i][:, None]
@@ -141,6 +149,53 @@ class RelaxedQP:
         self.kappa = 1.0 / max(1.0, float(np.max(np.abs(self.p_ref), initial=0.0)), float(self.Pc.sum()) / max(self.T, 1))
         self.delta = PRIMAL_REG * 2 * self.kappa
 
+    def _limit_rows(self, problem: Problem, active: np.ndarray) -> np.ndarray:
+        """Set up the grid limit rows (see limits.py) this problem has: R rows with a finite bound at a step where
+        one of their EVs is plugged in, as a lower row (P_rt - lo >= 0) and an upper row (hi - P_rt >= 0) per
+        (row, step). EVs with the same rows form a class: `B` (C, 1 + R) says which rows (column 0: the fleet's
+        aggregate of the objective) each class belongs to. Returns each EV's class (N,)."""
+        T = self.T
+        self.R = 0
+        cls = np.zeros(problem.n_evs, np.int64)
+        self.B = np.ones((1, 1))
+        if problem.limits is not None:
+            lim = solver_limits(problem.limits, problem)
+            mem = (lim.members.toarray() > 0) & active[None, :]
+            present = (mem.astype(float) @ (self.can_c | self.can_d).astype(float)) > 0  # (R, T)
+            lo = np.where(present, lim.p_min_kw, -np.inf)
+            hi = np.where(present, lim.p_max_kw, np.inf)
+            keep = (np.isfinite(lo) | np.isfinite(hi)).any(axis=1)
+            if keep.any():
+                mem, lo, hi = mem[keep], lo[keep], hi[keep]
+                self.R = int(keep.sum())
+                keys, cls = np.unique(mem.T, axis=0, return_inverse=True)
+                cls = cls.ravel()
+                self.B = np.hstack([np.ones((len(keys), 1)), keys.astype(float)])
+                self.c_mask = np.stack([np.isfinite(lo), np.isfinite(hi)])
+                self.c_h = np.stack([np.where(np.isfinite(lo), lo, 0.0), np.where(np.isfinite(hi), -hi, 0.0)])
+                # a slack's natural scale: the members' total charge power
+                size = mem.astype(float) @ problem.pc_max + 1.0
+                self.c_scale = np.broadcast_to(size[None, :, None], (2, self.R, T))
+        return cls
+
+    def _split(self, v):
+        """A flat row vector -> (per-EV rows (5, n, L), limit rows (2, R, T)), as views."""
+        v, k = np.ravel(v), 5 * self.lay.n * self.lay.L
+        return v[:k].reshape(5, self.lay.n, self.lay.L), v[k:].reshape(2, self.R, self.T)
+
+    def _rows(self, pc, pd):
+        """(1 + R, T): the fleet's aggregate and each limit row's net power."""
+        lay, C = self.lay, self.B.shape[0]
+        net = (pc - pd)[lay.valid]
+        keys = (self.cls[:, None] * self.T + lay.gidx)[lay.valid]
+        per_class = np.bincount(keys, weights=net, minlength=C * self.T).reshape(C, self.T)
+        return self.B.T @ per_class
+
+    def _spread(self, w):
+        """J_rows^T w for row prices w (1 + R, T): each EV-step's sum over its rows, (n, L)."""
+        per_class = self.B @ w
+        return per_class[self.cls[:, None], self.lay.gidx] * self.lay.valid
+
     # -- the linear maps -------------------------------------------------------------------------------------
     def _aggregate(self, pc, pd):
         lay = self.lay
@@ -148,20 +203,30 @@ class RelaxedQP:
         return np.bincount(lay.gidx[lay.valid], weights=net, minlength=self.T)
 
     def _G(self, pc, pd):
-        """Row values G x (without h) for the five row kinds, each (n, L)."""
+        """Row values G x (without h), flat: the five per-EV row kinds (5, n, L), then the limit rows (2, R, T)."""
         e = np.cumsum(self.a * pc - self.b * pd, axis=1)
-        return np.stack([pc, pd, -(pc * self.ic + pd * self.id), e, -e])
+        out = np.stack([pc, pd, -(pc * self.ic + pd * self.id), e, -e]).ravel()
+        if self.R:
+            P = self._rows(pc, pd)[1:]
+            out = np.concatenate([out, P.ravel(), -P.ravel()])
+        return out
 
     def _GT(self, v):
-        """G^T v for row multipliers v (5, n, L) -> (gc, gd)."""
+        """G^T v for flat row multipliers v -> (gc, gd)."""
+        v, vr = self._split(v)
         w = np.cumsum((v[3] - v[4])[:, ::-1], axis=1)[:, ::-1]
         gc = v[0] - v[2] * self.ic + self.a * w
         gd = v[1] - v[2] * self.id - self.b * w
+        if self.R:
+            q = self._spread(np.vstack([np.zeros((1, self.T)), vr[0] - vr[1]]))
+            gc, gd = gc + q, gd - q
         return gc * self.hc, gd * self.hd
 
     # -- one Newton system: per-EV chains + the coordinator's T x T system ---------------------------------
-    def _factor(self, W):
-        """Prepare the solve of (K + 2 kappa J^T J) dx = g for barrier weights W (5, n, L)."""
+    def _factor(self, W_flat):
+        """Prepare the solve of (K + 2 kappa J^T J + sum_r J_r^T D_r J_r) dx = g for flat barrier weights W: K per
+        EV (its own rows), the coordinator for the aggregate and the limit rows (D_r: their weights)."""
+        W, Wr = self._split(W_flat)
         lay, hc, hd = self.lay, self.hc, self.hd
         two_rho = 2 * RHO_RIDGE * self.kappa
         # Primal regularisation of the Newton matrix only (the residuals stay exact): transfers of power between
@@ -211,7 +276,8 @@ class RelaxedQP:
         V = Xprev * sigma  # G[j,k] = -(1-rho_{j-1}) * V_k * exp(ell_{k-1} - ell_j), j < k
         ellprev = np.zeros((n, L))
         ellprev[:, 1:] = ell[:, :-1]
-        M = np.zeros((self.T, self.T))
+        C = self.B.shape[0]
+        M = np.zeros((C, self.T, self.T))  # per class of limit rows: sum_i J_i K_i^-1 J_i^T
         self.Gblocks = []
         for s, e, lc in lay.chunks:
             jj = np.arange(lc)
@@ -231,17 +297,31 @@ class RelaxedQP:
             cb = c[s:e, :lc]
             Mb = cb[:, :, None] * Gb * cb[:, None, :]
             Mb[:, jj, jj] += direct[s:e, :lc]
-            # Sum blocks that start at the same step, then place each sum on the aggregate grid.
-            f = lay.first[s:e]
-            starts = np.flatnonzero(np.r_[True, f[1:] != f[:-1]])
+            # Sum blocks of one class that start at the same step, then place each sum on the aggregate grid.
+            f, cl = lay.first[s:e], self.cls[s:e]
+            starts = np.flatnonzero(np.r_[True, (f[1:] != f[:-1]) | (cl[1:] != cl[:-1])])
             sums = np.add.reduceat(Mb, starts, axis=0)
             for k, st in enumerate(starts):
                 off = int(f[st])
                 w = min(lc, self.T - off)
-                M[off:off + w, off:off + w] += sums[k, :w, :w]
-        # Coordinator: (I/(2 kappa) + sum_i J_i K_i^-1 J_i^T) w = J K^-1 g
-        M[np.diag_indices(self.T)] += 0.5 / self.kappa
-        self.chol = np.linalg.cholesky(M)
+                M[cl[st], off:off + w, off:off + w] += sums[k, :w, :w]
+        # Coordinator over the aggregate and the limit rows, with D = (2 kappa, D_r): (I + D^1/2 U K^-1 U^T D^1/2),
+        # U K^-1 U^T's block (a, b) being the sum of the classes in both rows a and b. Without limits this is
+        # 2 kappa (I/(2 kappa) + sum_i J_i K_i^-1 J_i^T).
+        D = np.full((1, self.T), 2 * self.kappa)
+        if self.R:
+            D = np.vstack([D, np.where(self.c_mask[0], Wr[0], 0.0) + np.where(self.c_mask[1], Wr[1], 0.0)])
+        self.Dh = np.sqrt(D)
+        n_rows = (1 + self.R) * self.T
+        if self.R:
+            M = np.einsum("ca,cb,ctu->atbu", self.B, self.B, M).reshape(n_rows, n_rows)
+        else:
+            M = M[0]
+        dh = self.Dh.ravel()
+        # S / (2 kappa): the aggregate's rows at unit scale, as (I / (2 kappa) + M) without limits
+        S = (dh[:, None] / self.Dh[0, 0]) * M * (dh[None, :] / self.Dh[0, 0])
+        S[np.diag_indices(n_rows)] += 1.0 / self.Dh[0, 0] ** 2
+        self.chol = np.linalg.cholesky(S)
 
     def _Kinv(self, gc, gd):
         """K^-1 g per EV (each EV's chain solved independently)."""
@@ -256,10 +336,11 @@ class RelaxedQP:
         return (xc - mu * self.BEc) * self.hc, (xd - mu * self.BEd) * self.hd
 
     def _newton(self, gc, gd):
+        # Woodbury: N^-1 g = K^-1 g - K^-1 U^T D^1/2 S^-1 D^1/2 U K^-1 g
         uc, ud = self._Kinv(gc, gd)
-        Pu = self._aggregate(uc, ud)
-        w = np.linalg.solve(self.chol.T, np.linalg.solve(self.chol, Pu))
-        wl = w[self.lay.gidx] * self.lay.valid
+        Pu = (self.Dh / self.Dh[0, 0] * self._rows(uc, ud)).ravel()
+        w = (self.Dh / self.Dh[0, 0]) * np.linalg.solve(self.chol.T, np.linalg.solve(self.chol, Pu)).reshape(self.Dh.shape)
+        wl = self._spread(w)
         vc, vd = self._Kinv(wl, -wl)
         return uc - vc, ud - vd
 
@@ -276,10 +357,11 @@ class RelaxedQP:
         self.hc = lay.to_layout(hc_full, False).astype(bool)
         self.hd = lay.to_layout(hd_full, False).astype(bool)
         hc, hd, valid = self.hc, self.hd, lay.valid
-        mask = np.stack([hc, hd, valid, valid, valid])
+        flat = lambda ev, rows: np.concatenate([ev.ravel(), rows.ravel()]) if self.R else ev.ravel()  # noqa: E731
+        mask = flat(np.stack([hc, hd, valid, valid, valid]), self.c_mask if self.R else None)
         m = int(mask.sum())
-        h = np.stack([np.zeros_like(self.lo), np.zeros_like(self.lo), -np.ones_like(self.lo),
-                      self.lo - self.e0, self.e0 - self.hi]) * mask
+        h = flat(np.stack([np.zeros_like(self.lo), np.zeros_like(self.lo), -np.ones_like(self.lo),
+                           self.lo - self.e0, self.e0 - self.hi]), self.c_h if self.R else None) * mask
         r_win = self.p_ref[lay.gidx] * valid
         fc = k * (EPS_THROUGHPUT - 2 * r_win) * hc
         fd = k * (EPS_THROUGHPUT + 2 * r_win) * hd
@@ -296,14 +378,18 @@ class RelaxedQP:
             g = (2 * k * P)[lay.gidx] * valid
             return (g + two_rho * pc) * hc + fc, (-g + two_rho * pd) * hd + fd
 
-        scale = np.stack([np.broadcast_to(self.Pc, hc.shape), np.broadcast_to(self.Pd, hc.shape),
-                          np.ones(hc.shape), self.hi - self.lo + 1.0, self.hi - self.lo + 1.0])
+        scale = flat(np.stack([np.broadcast_to(self.Pc, hc.shape), np.broadcast_to(self.Pd, hc.shape),
+                               np.ones(hc.shape), self.hi - self.lo + 1.0, self.hi - self.lo + 1.0]),
+                     self.c_scale if self.R else None)
         if start is not None:
             # Warm start from an earlier answer (the last round with a few more modes fixed, or the previous plan
             # of a receding horizon): its point, pushed back into the interior by a small margin, and its
             # multipliers, kept away from zero.
             pc, pd = lay.to_layout(start.pc) * hc, lay.to_layout(start.pd) * hd
-            z = np.stack([lay.to_layout(m) for m in start.multipliers])
+            z_rows = start.limit_multipliers
+            if self.R and (z_rows is None or z_rows.shape != (2, self.R, self.T)):
+                z_rows = np.ones((2, self.R, self.T))
+            z = flat(np.stack([lay.to_layout(m) for m in start.multipliers]), z_rows)
             s = np.where(mask, np.maximum(self._G(pc, pd) - h, WARM_MARGIN * scale), 1.0)
             z = np.where(mask, np.maximum(z, WARM_MARGIN), 0.0)
         else:
@@ -383,8 +469,10 @@ class RelaxedQP:
             mu_aff = float(np.sum((s + a_aff * ds_a) * (z + a_aff * dz_a) * mask)) / m
             sigma = (mu_aff / mu) ** 3
             rc = (s * z + ds_a * dz_a - sigma * mu) * mask
-            # Refinement pays only late, when barrier weights spread over many orders of magnitude.
-            dpc, dpd, ds, dz = direction(rc, passes=REFINE_PASSES if merit < REFINE_BELOW else 1)
+            # Refinement pays only late, when barrier weights spread over many orders of magnitude; with grid limit
+            # rows always, and more of it: their weights enter the coordinator's system, which then loses accuracy.
+            passes = REFINE_PASSES_LIMITS if self.R else (REFINE_PASSES if merit < REFINE_BELOW else 1)
+            dpc, dpd, ds, dz = direction(rc, passes=passes)
             step = min(1.0, 0.99 * max_step(ds, dz))
             pc, pd = pc + step * dpc, pd + step * dpd
             s = np.where(mask, s + step * ds, 1.0)
@@ -399,9 +487,10 @@ class RelaxedQP:
             message = f"interior point stopped at relative accuracy {merit:.1e}"
         bound = self._dual_bound(pc, pd, z, h, mask)
         full = lambda a: lay.to_full(a, self.problem.n_evs, self.T)  # noqa: E731
+        z_ev, z_rows = self._split(z)
         return RelaxedSolution(
             pc=full(pc), pd=full(pd), lower_bound=bound, iterations=it, converged=converged, message=message,
-            multipliers=np.stack([full(m) for m in z]),
+            multipliers=np.stack([full(m) for m in z_ev]), limit_multipliers=z_rows.copy() if self.R else None,
         )
 
     def _dual_bound(self, pc, pd, z, h, mask) -> float:
@@ -421,9 +510,10 @@ class RelaxedQP:
         ud = (GTz[1] + yl) * self.hd
         d3 = np.maximum(np.maximum(uc, 0.0) * self.Pc, np.maximum(ud, 0.0) * self.Pd) * lay.valid
         zp = zb.copy()
-        zp[2] += d3
-        zp[0] += (self.ic * d3 - uc) * self.hc
-        zp[1] += (self.id * d3 - ud) * self.hd
+        zp_ev = self._split(zp)[0]
+        zp_ev[2] += d3
+        zp_ev[0] += (self.ic * d3 - uc) * self.hc
+        zp_ev[1] += (self.id * d3 - ud) * self.hd
         zp = np.maximum(zp, 0.0) * mask
         return float(np.sum(h * zp) - 0.25 * y @ y - y @ self.p_ref)
 
@@ -447,5 +537,7 @@ def shifted(solution: RelaxedSolution, k: int, n_steps: int) -> RelaxedSolution:
         out[..., :rest.shape[-1]] = rest
         return out
 
+    rows = solution.limit_multipliers
     return RelaxedSolution(pc=shift(solution.pc), pd=shift(solution.pd), lower_bound=-np.inf, iterations=0,
-                           converged=False, multipliers=shift(solution.multipliers))
+                           converged=False, multipliers=shift(solution.multipliers),
+                           limit_multipliers=None if rows is None else shift(rows))

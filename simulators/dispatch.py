@@ -10,16 +10,21 @@ import importlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
 
 from .fleet import Fleet
-from .problem import Problem, make_feasible
+from .limits import Limits, reconcile, tracking_lp
+from .problem import FEASIBILITY_TOL, Problem, make_feasible
 from .reference import Reference
 
 log = logging.getLogger(__name__)
+
+# The methods that are dispatch rules rather than optimisers: under grid limits they keep the limits and meet the
+# needs as far as their rule then does (an optimiser first lowers the needs as little as possible, `reconcile`).
+RULES = ("uncontrolled", "edf", "round_robin")
 
 # method name -> "module:function" (imported on first use, so that e.g. pyomo loads only for `exact`)
 METHODS = {
@@ -65,6 +70,7 @@ class DispatchResult:
     mip_gap: float | None
     violations: dict = field(default_factory=dict)
     relaxed: object | None = None
+    needs_lowered_kwh: float = 0.0  # departure needs given up because the grid limits left them out of reach
 
     @property
     def aggregate_kw(self) -> np.ndarray:
@@ -120,6 +126,8 @@ class DispatchResult:
             "mip_gap": self.mip_gap,
             "shortfall_kwh": float(short.sum()),
             "evs_with_shortfall": int(np.sum(short > 1e-6)),
+            "limit_rows": 0 if self.problem.limits is None else self.problem.limits.n_rows,
+            "needs_lowered_kwh": self.needs_lowered_kwh,
             "violations": self.violations,
             "solve_time_s": self.solve_time_s,
             "iterations": self.iterations,
@@ -145,6 +153,7 @@ def dispatch(
     time_limit_s: float | None = None,
     problem: Problem | None = None,
     warm_start=None,
+    limits: Limits | None = None,
 ) -> DispatchResult:
     """Dispatch `fleet` to follow `reference` over the reference's whole horizon with `method`.
 
@@ -152,22 +161,43 @@ def dispatch(
     `status` / `message`. `problem` may be passed to reuse one already built for this fleet and time grid.
     `warm_start` (dcls only): a relaxed answer on this problem's grid, e.g. `dcls.shifted(previous.relaxed, k, T)`
     for a receding horizon re-planned k steps later; it makes the re-plan cost a fraction of a cold solve.
+    `limits` (or `problem.limits`): hard grid limits on the net power of the fleet and of sets of its EVs (see
+    limits.py). Where they leave departure needs out of reach, the needs give way (grid first): the result's
+    `needs_lowered_kwh` and `message` say by how much.
     """
     solve = method_function(method)
     if problem is None:
         problem = Problem.build(fleet, reference.start, reference.step, reference.n_steps)
+    if limits is not None:
+        problem = problem.with_limits(limits)
     p_ref = np.asarray(reference.p_ref_kw, dtype=float)
     t0 = time.perf_counter()
+    asked = problem
+    limit_note = ""
+    if problem.limits is not None and method not in RULES \
+            and any(problem.violations(*_uncontrolled(problem)).values()):
+        # The limits may conflict with the needs (a curtailed uncontrolled charger does not meet them all):
+        # settle it by the grid-first rule before an optimiser runs, giving up as little need as possible.
+        problem, limit_note = reconcile(problem)
     try:
         options = {"start": warm_start} if warm_start is not None and method == "dcls" else {}
         out = solve(problem, p_ref, time_limit_s=time_limit_s, **options)
     except Exception as exc:  # a solver must never crash the caller: fall back and say why
         log.exception("dispatch method %s failed", method)
-        out = _fallback(problem, p_ref, f"{method} failed ({type(exc).__name__}: {exc}); fell back to uncontrolled")
+        out = _fallback(problem, p_ref, f"{method} failed ({type(exc).__name__}: {exc})")
     if not (np.all(np.isfinite(out.pc)) and np.all(np.isfinite(out.pd))):
-        out = _fallback(problem, p_ref, f"{method} returned non-finite powers; fell back to uncontrolled")
+        out = _fallback(problem, p_ref, f"{method} returned non-finite powers")
     pc, pd = out.pc, out.pd
     violations = problem.violations(pc, pd)
+    if problem.limits is not None and method in RULES and violations["departure_need_unmet"] \
+            and sum(violations.values()) == violations["departure_need_unmet"]:
+        # A rule keeps the limits first and meets the needs as far as it then can: what it left is its shortfall.
+        e_dep = problem.energy_at_departure(problem.energy(pc, pd))
+        short = np.maximum(problem.need_end - e_dep, 0.0)
+        problem = replace(problem, need_end=problem.need_end - short)
+        limit_note = (f"under the grid limits, {method} left {short.sum():.6g} kWh of "
+                      f"{int(np.sum(short > FEASIBILITY_TOL))} EV(s)' departure needs unmet (grid first)")
+        violations = problem.violations(pc, pd)
     if any(violations.values()):
         bad = {k: v for k, v in violations.items() if v}
         pc, pd = make_feasible(problem, pc, pd)
@@ -176,6 +206,8 @@ def dispatch(
         if any(violations.values()):  # cannot happen if make_feasible is right; never hand out an infeasible plan
             out = _fallback(problem, p_ref, f"{method} answer could not be repaired ({violations})")
             pc, pd, violations = out.pc, out.pd, problem.violations(out.pc, out.pd)
+    if limit_note:
+        out.message = limit_note + ("; " + out.message if out.message else "")
     elapsed = time.perf_counter() - t0
     if out.status in ("fallback", "failed", "time_limit"):
         log.warning("dispatch %s: %s", method, out.message)
@@ -183,12 +215,28 @@ def dispatch(
         problem=problem, ev_id=fleet.ev_id, p_ref_kw=p_ref, pc=pc, pd=pd, energy=problem.energy(pc, pd),
         method=method, status=out.status, message=out.message, solve_time_s=elapsed, iterations=out.iterations,
         lower_bound=out.lower_bound, mip_gap=out.mip_gap, violations=violations, relaxed=out.relaxed,
+        needs_lowered_kwh=float(np.sum(asked.need_end - problem.need_end)),
     )
 
 
+def _uncontrolled(problem: Problem):
+    from .baselines import solve_uncontrolled
+
+    out = solve_uncontrolled(problem)
+    return out.pc, out.pd
+
+
 def _fallback(problem: Problem, p_ref: np.ndarray, message: str) -> MethodOutput:
+    """A feasible dispatch when a method failed: uncontrolled charging (curtailed by the limits, if any), or, where
+    that breaks a limit or a need, the L1 tracking LP's answer (feasible by construction)."""
     from .baselines import solve_uncontrolled
 
     out = solve_uncontrolled(problem, p_ref)
-    out.status, out.message = "fallback", message
+    out.status, out.message = "fallback", message + "; fell back to uncontrolled"
+    if problem.limits is not None and any(problem.violations(out.pc, out.pd).values()):
+        lp = tracking_lp(problem, p_ref)
+        if lp is not None:
+            pc, pd = make_feasible(problem, *lp)
+            out = MethodOutput(pc=pc, pd=pd, status="fallback",
+                               message=message + "; fell back to the L1 tracking LP within the limits")
     return out

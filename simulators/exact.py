@@ -8,7 +8,11 @@ A readable reference formulation, for small fleets and to check the other method
     e[i,t] = e[i,t-1] + charge_gain*pc - discharge_cost*pd,  e before the first plugged step = e0
     floor <= e <= cap,   e[i, last plugged step] >= need_end
     dev[t] = sum_i (pc - pd) - p_ref[t]                          (steps in which some EV is plugged)
+    P_min[r,t] <= sum_{i in row r} (pc - pd) <= P_max[r,t]       (grid limits: finite bounds with a member plugged)
     min  sum_t dev[t]^2  (+ the constant sum of p_ref^2 over steps in which no EV is plugged)
+
+The grid limits are at the bounds of `limits.solver_limits` (a hair inside the exact ones), so that cleaning
+SCIP's tolerance dust from its answer (`make_feasible`) cannot push a row over its exact bound.
 
 `dev` is an auxiliary free variable so that SCIP sees T squares instead of the expanded square of each step's
 sum (N^2 terms per step). SCIP has no quadratic objective: pyomo's scip_direct puts the objective into an
@@ -24,6 +28,7 @@ import numpy as np
 
 from .dispatch import MethodOutput
 from .integer import tracking_sse
+from .limits import LIMIT_TOL, solver_limits
 from .problem import Problem, make_feasible
 
 log = logging.getLogger(__name__)
@@ -81,9 +86,42 @@ def build_model(problem: Problem, p_ref_kw):
         return m.dev[t] == net - float(p_ref[t])
 
     m.deviation = pyo.Constraint(m.S, rule=deviation_rule)
+
+    limit_rows = _limit_rows(problem, evs_at)
+    m.L = pyo.Set(initialize=list(limit_rows), dimen=2, ordered=True)  # (limit row, step) with a finite bound
+
+    def limit_rule(m, r, t):
+        evs, lo, hi = limit_rows[r, t]
+        net = sum(m.pc[i, t] - discharge(i, t) for i in evs)
+        return (lo, net, hi)
+
+    m.limit = pyo.Constraint(m.L, rule=limit_rule)
     idle_sse = float(np.sum(p_ref[idle_steps] ** 2))
     m.sse = pyo.Objective(expr=sum(m.dev[t] ** 2 for t in m.S) + idle_sse, sense=pyo.minimize)
     return m
+
+
+def _limit_rows(problem: Problem, evs_at: dict) -> dict:
+    """{(r, t): (members plugged at t, P_min or None, P_max or None)} for every limit row and step with a finite
+    bound and at least one member plugged (without one, nothing in the model could change the row's sum)."""
+    if problem.limits is None:
+        return {}
+    aimed = solver_limits(problem.limits, problem)
+    members = problem.limits.members.tocsr()
+    out = {}
+    for t, evs in evs_at.items():
+        plugged = np.zeros(problem.n_evs, bool)
+        plugged[evs] = True
+        for r in range(problem.limits.n_rows):
+            lo, hi = aimed.p_min_kw[r, t], aimed.p_max_kw[r, t]
+            if not (np.isfinite(lo) or np.isfinite(hi)):
+                continue
+            row = members.indices[members.indptr[r]:members.indptr[r + 1]]
+            row = row[plugged[row]]
+            if row.size:
+                out[r, t] = ([int(i) for i in row], float(lo) if np.isfinite(lo) else None,
+                             float(hi) if np.isfinite(hi) else None)
+    return out
 
 
 def solve_exact(problem: Problem, p_ref_kw, *, time_limit_s=None, mip_gap=1e-6) -> MethodOutput:
@@ -165,6 +203,12 @@ def _solve_exact(problem, p_ref_kw, time_limit_s, mip_gap, t_start) -> MethodOut
     # solution may break a bound, a departure need or charge-xor-discharge by solver dust. make_feasible only
     # clips / nets out / tops up that dust (changes ~1e-6); it is not a repair of a wrong answer.
     pc, pd = make_feasible(problem, pc, pd)
+    if problem.limits is not None:
+        # The margin of solver_limits covers that dust; should it not, a baseline that holds the limits is better
+        # than handing out a dispatch over a grid limit.
+        excess = np.abs(problem.limits.excess_kw(pc, pd)).max(initial=0.0)
+        if excess > LIMIT_TOL:
+            return _fallback(problem, p_ref, f"SCIP's answer is over a grid limit by {excess:.3g} kW after cleaning")
 
     # The gap is that of the dispatch returned (its SSE, not SCIP's epigraph value, which may undercut the true
     # square by the feasibility tolerance) over SCIP's dual bound.
@@ -184,10 +228,13 @@ def _solve_exact(problem, p_ref_kw, time_limit_s, mip_gap, t_start) -> MethodOut
 
 
 def _best_baseline(problem: Problem, p_ref: np.ndarray) -> MethodOutput:
+    """(name, output) of the better tracking of EDF and round robin; both hold the grid limits of `problem` where
+    the EVs can."""
     from .baselines import solve_edf, solve_round_robin
 
     outs = [("edf", solve_edf(problem, p_ref)), ("round_robin", solve_round_robin(problem, p_ref))]
-    return min(outs, key=lambda o: tracking_sse(o[1].pc, o[1].pd, p_ref))
+    # A rule that could not hold a limit (status "failed") only if neither could.
+    return min(outs, key=lambda o: (o[1].status == "failed", tracking_sse(o[1].pc, o[1].pd, p_ref)))
 
 
 def _set_start_modes(m, start: MethodOutput) -> None:

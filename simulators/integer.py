@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from .limits import LIMIT_TOL
 from .problem import Problem, make_feasible
 
 # A relaxed EV-step counts as "in both modes" above this (kW); below it, netting moves energy by < 1e-4 kWh.
@@ -60,6 +61,8 @@ def cut_and_fix(problem: Problem, p_ref: np.ndarray, solve_relaxed, max_rounds: 
                 total_rounds += 1
             pc, pd = make_feasible(problem, sol.pc, sol.pd)
             value = tracking_sse(pc, pd, p_ref)
+            if problem.limits is not None and np.any(np.abs(problem.limits.excess_kw(pc, pd)) > LIMIT_TOL):
+                value = np.inf  # the repair pushed a grid limit over: kept only if nothing better turns up
             if best is None or value < best[0]:
                 best = (value, pc, pd)
             conflict = (sol.pc > CONFLICT_KW) & (sol.pd > CONFLICT_KW)

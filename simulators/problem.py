@@ -6,11 +6,12 @@ t_k + dt <= departure. Energies are at the end of each step; before its first pl
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .fleet import Fleet
+from .limits import Limits
 
 # Every constraint must hold to this (kW / kWh), the spec's exactness.
 FEASIBILITY_TOL = 1e-6
@@ -24,6 +25,8 @@ VIOLATION_KINDS = (
     "energy_below_floor",
     "energy_above_capacity",
     "departure_need_unmet",
+    "limit_above_max",
+    "limit_below_min",
 )
 
 
@@ -54,6 +57,7 @@ class Problem:
     target: np.ndarray  # (N,) min(e_target, cap): what the owner asked for, as far as the battery holds it
     need: np.ndarray  # (N,) the spec's need: the target as far as charging flat out can reach it
     need_end: np.ndarray  # (N,) see class doc
+    limits: Limits | None = None  # hard bounds on the net power of sets of EVs (grid limits), see limits.py
 
     @classmethod
     def build(cls, fleet: Fleet, start, step, n_steps: int, energy_initial_kwh=None) -> "Problem":
@@ -91,6 +95,13 @@ class Problem:
             eta_c=eta_c, eta_d=fleet.eta_discharge.astype(float), e0=e0, floor=floor, cap=cap,
             target=target, need=need, need_end=need_end,
         )
+
+    def with_limits(self, limits: Limits | None) -> "Problem":
+        """This problem with hard grid `limits` on its EVs' net power (None: without limits)."""
+        if limits is not None and (limits.members.shape[1] != self.n_evs or limits.p_max_kw.shape[1] != self.n_steps):
+            raise ValueError(f"limits are for {limits.members.shape[1]} EVs x {limits.p_max_kw.shape[1]} steps, the "
+                             f"problem has {self.n_evs} x {self.n_steps}")
+        return replace(self, limits=limits)
 
     @property
     def n_evs(self) -> int:
@@ -144,6 +155,8 @@ class Problem:
             "energy_below_floor": int(np.sum(plugged & (energy < self.floor[:, None] - tol))),
             "energy_above_capacity": int(np.sum(plugged & (energy > self.cap[:, None] + tol))),
             "departure_need_unmet": int(np.sum(has & (e_dep < self.need_end - tol))),
+            **(self.limits.violations(pc, pd, tol) if self.limits is not None
+               else {"limit_above_max": 0, "limit_below_min": 0}),
         }
 
     def shortfall(self, energy: np.ndarray) -> np.ndarray:

@@ -10,6 +10,12 @@ relaxation decomposed by EV.
 Variables, per plugged (EV, step) k: pc_k, pd_k, e_k (energy at the end of the step); per step t: the tracking
 residual z_t = sum_i p[i,t] - p_ref[t]. Objective sum_t z_t^2. The matrices are built once per problem;
 mode restrictions only change variable bounds (same sparsity), so re-solves reuse the set-up.
+
+Grid limits (`problem.limits`): one inequality row per (limit row r, step t) with a finite bound and a member
+plugged at t, P_min <= sum over r's plugged members of (pc - pd) <= P_max, at the bounds of `solver_limits`
+(moved inwards by a hair, so that cleaning the solver's dust afterwards keeps the exact bounds). The lower bound
+is the dual objective less what that hair can be worth (margin times the rows' multipliers), so it bounds the
+problem with the exact limits.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .dcls import RelaxedSolution, idle_solution
+from .limits import solver_limits
 from .problem import Problem
 
 
@@ -60,6 +67,12 @@ class CentralQP:
             (np.r_[1.0 / pcmax[both], 1.0 / pdmax[both]], (np.r_[np.arange(nb), np.arange(nb)], np.r_[ipc + both, ipd + both])),
             shape=(nb, n),
         )
+        h_l, h_u = np.full(nb, -np.inf), np.ones(nb)
+        # grid limits: P_min[r,t] <= sum_k member[r, ev_k] (pc_k - pd_k) [t_k = t] <= P_max[r,t]
+        G_lim, lim_l, lim_u, self._lim_margin = _limit_rows(problem, ev, t, n, ipc, ipd)
+        self._lim_rows = slice(nb, nb + G_lim.shape[0])
+        G = sp.vstack([G, G_lim], format="csc")
+        h_l, h_u = np.r_[h_l, lim_l], np.r_[h_u, lim_u]
         lo = problem.floor[ev].copy()
         lo[last_of_ev] = np.maximum(lo[last_of_ev], problem.need_end[ev[last_of_ev]])
         self.x_l = np.r_[np.zeros(2 * K), lo, np.full(T, -np.inf)]
@@ -70,7 +83,7 @@ class CentralQP:
         self.solver.settings.eps_abs = 1e-8
         self.solver.settings.eps_rel = 1e-9
         self.solver.settings.max_iter = 200
-        self.solver.setup(P, c, A, beq, G, np.full(nb, -np.inf), np.ones(nb), self.x_l, self.x_u_full)
+        self.solver.setup(P, c, A, beq, G, h_l, h_u, self.x_l, self.x_u_full)
         self._status_ok = piqp.Status.PIQP_SOLVED
         self._set_up_with = None
 
@@ -95,10 +108,40 @@ class CentralQP:
         pc[ev, t] = x[:K]
         pd[ev, t] = x[K:2 * K]
         ok = status == self._status_ok
+        bound = -np.inf
+        if ok:  # the dual objective is a bound for the limits the solver saw; for the exact ones, less the margin
+            z = np.abs(np.asarray(res.z_l)[self._lim_rows]) + np.abs(np.asarray(res.z_u)[self._lim_rows])
+            bound = float(res.info.dual_obj) - float(np.sum(self._lim_margin * z))
         return RelaxedSolution(
-            pc=pc, pd=pd, lower_bound=float(res.info.dual_obj) if ok else -np.inf,  # dual objective: a bound
+            pc=pc, pd=pd, lower_bound=bound,  # dual objective: a bound
             iterations=int(res.info.iter), converged=ok, message="" if ok else f"PIQP: {status.name}",
         )
+
+
+def _limit_rows(problem: Problem, ev: np.ndarray, t: np.ndarray, n: int, ipc: int, ipd: int):
+    """The grid-limit rows over the QP's variables: (G (m, n), h_l, h_u, margin (m,)), one row per (limit row,
+    step) with a finite bound and at least one member among the plugged EV-steps k = (ev[k], t[k]); bounds from
+    `solver_limits`, `margin` the larger distance to the exact bounds. Empty when there are no limits."""
+    if problem.limits is None:
+        return sp.csc_matrix((0, n)), np.zeros(0), np.zeros(0), np.zeros(0)
+    exact = problem.limits
+    aimed = solver_limits(exact, problem)
+    T = problem.n_steps
+    mk = exact.members[:, ev].tocoo()  # (R, K): which limit rows each plugged EV-step counts in
+    r_k, k_k, w_k = mk.row, mk.col, mk.data
+    t_k = t[k_k]
+    finite = np.isfinite(exact.p_min_kw[r_k, t_k]) | np.isfinite(exact.p_max_kw[r_k, t_k])
+    r_k, k_k, w_k, t_k = r_k[finite], k_k[finite], w_k[finite], t_k[finite]
+    # A (row, step) without a plugged member has no variable: nothing any dispatch could change, so no row.
+    keys, row_of = np.unique(r_k * T + t_k, return_inverse=True)
+    m = len(keys)
+    G = sp.csc_matrix((np.r_[w_k, -w_k], (np.r_[row_of, row_of], np.r_[ipc + k_k, ipd + k_k])), shape=(m, n))
+    rr, tt = keys // T, keys % T
+    h_l, h_u = aimed.p_min_kw[rr, tt], aimed.p_max_kw[rr, tt]
+    with np.errstate(invalid="ignore"):  # inf - inf where a side has no bound: no margin there
+        margin = np.fmax(np.nan_to_num(h_l - exact.p_min_kw[rr, tt], nan=0.0),
+                         np.nan_to_num(exact.p_max_kw[rr, tt] - h_u, nan=0.0))
+    return G, h_l, h_u, np.maximum(margin, 0.0)
 
 
 # PIQP 0.7 crashes the process (segmentation fault in its set-up) on the largest fleets measured here (about

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evagg.simulators.aggregator import Aggregator, SignalSource, enforce_limits, to_datetime64, whole_seconds
+from evagg.simulators.aggregator import Aggregator, SignalSource, to_datetime64, whole_seconds
 from evagg.simulators.collector import TidyTable, read_table
 from evagg.simulators.dispatch import dispatch
 from evagg.simulators.fleet import Fleet
@@ -199,47 +199,50 @@ def test_forecast_argument_wins_and_is_padded():
     agg2.step(0, 10.0)
 
 
-def test_limits_are_hard_bounds_unless_needs_forbid():
+def test_limits_are_hard_bounds_and_the_grid_comes_first():
     fleet = small_fleet()
     ref = regulation(fleet)
     src = SignalSource(ref, T0, 900)
     agg = Aggregator(fleet, T0, 900, horizon=6, method="dchr")
-    p_max, p_min = 15.0, -5.0
+    p_max, p_min = 60.0, -5.0  # uncontrolled peaks at 91 kW; the needs fit under 60 kW (not under 45)
     limited = 0
     for k in range(20):
         before = agg.energy_kwh.copy()
         res = agg.step(k, src.value(k) * 3, p_min_kw=p_min, p_max_kw=p_max)  # asks for far more than allowed
         check_step_feasible(agg, res, before)
-        if not res.limit_violated:
-            assert p_min - 1e-6 <= res.p_kw <= p_max + 1e-6
+        assert p_min - 1e-6 <= res.p_kw <= p_max + 1e-6
         limited += res.limited
+    assert limited > 0
     assert agg.need_unmet_kwh == 0.0
-    # A limit that the departure needs cannot respect: the needs win, and it is flagged.
+    # A limit that the departure needs cannot respect: the limit holds, the needs give way and it is reported.
     agg = Aggregator(fleet, T0, 900, horizon=6, method="dchr")
     results = [agg.step(k, 0.0, p_max_kw=0.0) for k in range(20)]
-    assert any(r.limit_violated and r.p_kw > 0 for r in results)
-    assert agg.need_unmet_kwh == 0.0
+    assert all(r.p_kw <= 1e-6 for r in results)
+    assert any(r.needs_lowered_kwh > 0 for r in results)
+    assert agg.need_unmet_kwh > 0
     with pytest.raises(ValueError, match="P_min"):
         agg.step(20, 0.0, p_min_kw=5.0, p_max_kw=1.0)
 
 
-def test_enforce_limits_moves_towards_the_bound_proportionally():
+@pytest.mark.parametrize("method", ["dcls", "uncontrolled"])
+def test_bus_limits_bound_the_evs_at_that_bus_only(method):
+    """A P_max on one bus holds there, in every step, while the other buses are free to take the rest."""
     fleet = small_fleet()
-    problem = Problem.build(fleet, T0 + np.timedelta64(1800, "s"), np.timedelta64(900, "s"), 4)
-    on = (problem.first == 0) & (problem.stop > 0)
-    pc = np.where(on, problem.pc_max, 0.0)
-    pd = np.zeros_like(pc)
-    lo, _, limited, violated = enforce_limits(problem, pc, pd, p_max_kw=-1e9)  # as low as the needs allow
-    assert limited and violated
-    lo_sum, total = float(lo.sum()), float(pc.sum())
-    assert lo_sum < total
-    p_max = 0.5 * (lo_sum + total)
-    pc2, pd2, limited, violated = enforce_limits(problem, pc, pd, p_max_kw=p_max)
-    assert limited and not violated
-    assert float(np.sum(pc2 - pd2)) == pytest.approx(p_max)
-    assert np.all(pc2 <= pc + 1e-12) and np.all(pc2 >= lo - 1e-12)
-    pc3, pd3, limited, _ = enforce_limits(problem, pc, pd, p_max_kw=1e6)
-    assert not limited and pc3 is pc
+    src = SignalSource(regulation(fleet), T0, 900)
+    free = Aggregator(fleet, T0, 900, horizon=6, method=method)
+    agg = Aggregator(fleet, T0, 900, horizon=6, method=method)
+    bus = int(agg.buses[0])
+    cap = 3.0
+    binding = 0
+    for k in range(20):
+        ref = None if method == "uncontrolled" else src.value(k)
+        r_free = free.step(k, ref)
+        res = agg.step(k, ref, bus_limits={bus: (None, cap)})
+        assert res.bus_kw[0] <= cap + 1e-6
+        binding += r_free.bus_kw[0] > cap + 1e-6
+    assert binding > 0  # the limit changed something
+    with pytest.raises(ValueError, match="no EVs"):
+        agg.step(20, 0.0, bus_limits={999: (None, 1.0)})
 
 
 def test_buses_mapping_and_grid_check():

@@ -12,6 +12,7 @@ from evagg.simulators import dispatch as dispatch_module
 from evagg.simulators.dcls import RelaxedQP
 from evagg.simulators.dispatch import dispatch
 from evagg.simulators.fleet import Fleet
+from evagg.simulators.limits import Limits
 from evagg.simulators.problem import Problem, make_feasible
 from evagg.simulators.reference import Reference
 from evagg.simulators.relaxation import CentralQP
@@ -81,17 +82,25 @@ def _dense_newton_matrix(qp, W):
     return K, to_arrays, to_vector
 
 
-def test_decomposed_newton_step_equals_the_dense_solve():
-    """Each EV's chain solved in closed form plus the coordinator's T x T system == one dense Newton solve."""
+@pytest.mark.parametrize("with_limits", [False, True])
+def test_decomposed_newton_step_equals_the_dense_solve(with_limits):
+    """Each EV's chain solved in closed form plus the coordinator's system (the aggregate, and the grid limit rows
+    when there are some: a fleet limit and two overlapping bus groups) == one dense Newton solve."""
     fleet = synthetic_fleet(6, seed=3, v2g_share=0.5)
     ref = synthetic_reference(fleet, seed=3)
     problem = Problem.build(fleet, ref.start, ref.step, ref.n_steps)
+    if with_limits:
+        groups = {"bus 1": ([0, 1, 2], None, 20.0), "bus 2": ([2, 3], -5.0, 15.0)}
+        problem = problem.with_limits(Limits.build(6, ref.n_steps, p_max_kw=30.0, groups=groups))
     qp = RelaxedQP(problem, ref.p_ref_kw)
+    assert qp.R == (3 if with_limits else 0)
     lay = qp.lay
     qp.hc = lay.to_layout(qp.can_c, False).astype(bool)
     qp.hd = lay.to_layout(qp.can_d, False).astype(bool)
     rng = np.random.default_rng(0)
-    W = np.exp(rng.uniform(-6, 6, size=(5, lay.n, lay.L))) * lay.valid
+    W = (np.exp(rng.uniform(-6, 6, size=(5, lay.n, lay.L))) * lay.valid).ravel()
+    if with_limits:
+        W = np.concatenate([W, (np.exp(rng.uniform(-6, 6, size=(2, qp.R, qp.T))) * qp.c_mask).ravel()])
     qp._factor(W)
     K, to_arrays, to_vector = _dense_newton_matrix(qp, W)
     g = rng.normal(size=K.shape[0])
