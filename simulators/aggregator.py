@@ -264,6 +264,7 @@ class Aggregator:
         self.k_next = 0
         self.last: StepResult | None = None
         self._last_ref: float | None = None
+        self._before = None  # the state before the last step, to re-plan that step (see step)
         self._said: set[str] = set()
 
     # ------------------------------------------------------------------------------------------- set-up helpers
@@ -312,6 +313,7 @@ class Aggregator:
              p_min_kw: float | None = None, p_max_kw: float | None = None,
              bus_limits: Mapping | None = None) -> StepResult:
         """Plan over [t_k, t_k + horizon*dt), apply step k, carry the energies; k defaults to the next step.
+        Stepping the last step again re-plans it from its start (with new limits, in a same-step loop).
 
         p_ref_kw:    the reference for step k; None = none came: the last one is held (said once), or, if there
                      never was one, the fleet charges uncontrolled (said once).
@@ -324,9 +326,12 @@ class Aggregator:
         """
         if k is None:
             k = self.k_next
+        if k == self.k_next - 1 and self._before is not None:
+            self._restore()  # the same step again (a same-step loop with the grid): re-plan it from its start
         if k != self.k_next:
             raise ValueError(f"{self.name}: steps must come one after the other: expected step {self.k_next} "
                              f"({self.time_of(self.k_next)}), got step {k} ({self.time_of(k)})")
+        self._before = self._state()
         if p_min_kw is not None and p_max_kw is not None and p_min_kw > p_max_kw + FEASIBILITY_TOL:
             raise ValueError(f"{self.name}: at step {k} P_min ({p_min_kw} kW) is above P_max ({p_max_kw} kW)")
         bus_limits = {int(b): v for b, v in (bus_limits or {}).items() if v is not None and any(x is not None for x in v)}
@@ -435,6 +440,15 @@ class Aggregator:
         )
         self.last = result
         return result
+
+    def _state(self):
+        return (self.energy_kwh.copy(), self.final_energy_kwh.copy(), self.shortfall_kwh, self.need_unmet_kwh,
+                self.n_departed, self.k_next, self.last, self._last_ref)
+
+    def _restore(self) -> None:
+        (energy, final, self.shortfall_kwh, self.need_unmet_kwh, self.n_departed, self.k_next, self.last,
+         self._last_ref) = self._before
+        self.energy_kwh, self.final_energy_kwh = energy.copy(), final.copy()
 
     def soc_spread(self, percentiles=(0, 10, 50, 90, 100)) -> np.ndarray | None:
         """The state of charge (energy / capacity, in %) of the EVs plugged in in the last step, at its end: its

@@ -340,3 +340,21 @@ def test_end_shrinks_the_horizon_and_exact_future_matches_batch():
     assert agg.need_unmet_kwh == 0.0
     with pytest.raises(ValueError, match="step boundary"):
         Aggregator(fleet, t_start, 900, end=t_start + np.timedelta64(100, "s"))
+
+
+def test_the_same_step_again_re_plans_it_from_its_start():
+    """A same-step loop with the grid steps the aggregator again at the same step with new limits: the result is
+    exactly that of stepping it once with those limits."""
+    fleet = small_fleet()
+    src = SignalSource(regulation(fleet), T0, 900)
+    once = Aggregator(fleet, T0, 900, horizon=6, method="dcls")
+    twice = Aggregator(fleet, T0, 900, horizon=6, method="dcls")
+    for k in range(12):
+        a = once.step(k, src.value(k), p_max_kw=25.0)
+        twice.step(k, src.value(k))  # first iteration: no limit yet
+        b = twice.step(k, src.value(k), p_max_kw=25.0)  # the operator's answer: the same step again
+        assert b.p_kw == pytest.approx(a.p_kw, abs=1e-9)
+        np.testing.assert_allclose(twice.energy_kwh, once.energy_kwh, atol=1e-9)
+    assert twice.need_unmet_kwh == once.need_unmet_kwh
+    with pytest.raises(ValueError, match="one after the other"):
+        twice.step(5, 0.0)
