@@ -31,6 +31,7 @@ META = build_meta(AGGREGATOR_MODELS, "time-based")
 _INPUTS = AGGREGATOR_MODELS["Aggregator"].input_attrs
 _OUTPUTS = AGGREGATOR_MODELS["Aggregator"].output_attrs
 _BUS_P = AGGREGATOR_MODELS["EVBus"].output_attrs["P[MW]"]
+_BUS_INPUTS = AGGREGATOR_MODELS["EVBus"].input_attrs
 
 
 class AggregatorSim(mosaik_api_v3.Simulator):
@@ -150,6 +151,16 @@ class AggregatorSim(mosaik_api_v3.Simulator):
 
     def step(self, time: Time, inputs: InputData, max_advance: Time) -> Time:
         k = self.grid.step_index(time)
+        bus_limits: dict[str, dict[int, tuple]] = {}
+        for eid, data in inputs.items():
+            if eid in self.bus_entities:
+                unknown = set(data) - set(_BUS_INPUTS)
+                if unknown:
+                    raise ValueError(f"AggregatorSim {eid}: unexpected input(s) {sorted(unknown)}")
+                agg_eid, pos = self.bus_entities[eid]
+                v = {name: attr.from_mosaik(data.get(name, {}).values()) for name, attr in _BUS_INPUTS.items()}
+                bus = int(self.aggregators[agg_eid].buses[pos])
+                bus_limits.setdefault(agg_eid, {})[bus] = (v["P_min[MW]"], v["P_max[MW]"])
         for eid, agg in self.aggregators.items():
             data = inputs.get(eid, {})
             unknown = set(data) - set(_INPUTS)
@@ -157,7 +168,7 @@ class AggregatorSim(mosaik_api_v3.Simulator):
                 raise ValueError(f"AggregatorSim {eid}: unexpected input(s) {sorted(unknown)}")
             v = {name: attr.from_mosaik(data.get(name, {}).values()) for name, attr in _INPUTS.items()}
             agg.step(k, p_ref_kw=v["P_ref[MW]"], forecast_kw=v["P_forecast[MW]"], p_min_kw=v["P_min[MW]"],
-                     p_max_kw=v["P_max[MW]"])
+                     p_max_kw=v["P_max[MW]"], bus_limits=bus_limits.get(eid))
         return time + self.grid.step_size
 
     def get_data(self, outputs: OutputRequest) -> OutputData:

@@ -114,8 +114,10 @@ AGGREGATOR_MODELS: dict[str, ModelSpec] = {
             Attr("P_ref[MW]", "reference for the whole fleet (+ = draw); several sources are summed", factor=MW),
             Attr("P_forecast[MW]", "the reference for the next steps (a list), else the reference is held",
                  factor=MW, kind=list, combine=_sum_lists),
-            Attr("P_max[MW]", "upper limit on the aggregate (the lowest of several)", factor=MW, combine=min),
-            Attr("P_min[MW]", "lower limit on the aggregate (the highest of several)", factor=MW, combine=max),
+            Attr("P_max[MW]", "upper limit on the fleet's net power (the lowest of several); hard: where it leaves "
+                              "departure needs out of reach, they give way", factor=MW, combine=min),
+            Attr("P_min[MW]", "lower limit on the fleet's net power (the highest of several)", factor=MW,
+                 combine=max),
         ),
         outputs=(
             Attr("P[MW]", "the fleet's net power (load convention); the sum of its EVBus children",
@@ -129,6 +131,10 @@ AGGREGATOR_MODELS: dict[str, ModelSpec] = {
             Attr("shortfall[MWh]", "cumulative target energy not delivered at departure", source="shortfall_kwh",
                  factor=MW),
             Attr("solve_time[s]", "wall time of this step's re-dispatch", source="solve_time_s"),
+            Attr("limited", "1 when a grid limit (on the fleet or one of its buses) was binding in this step",
+                 source="limited", kind=int),
+            Attr("needs_lowered[MWh]", "departure needs this step's plan gave up because the grid limits left "
+                                       "them out of reach", source="needs_lowered_kwh", factor=MW),
             *(Attr(name, f"state of charge of the EVs plugged in in the step, at its end: {what} (None if none)",
                    source=SOC_SPREAD) for name, what in (
                 ("soc_min[%]", "lowest"), ("soc_p10[%]", "10th percentile"), ("soc_p50[%]", "median"),
@@ -137,8 +143,14 @@ AGGREGATOR_MODELS: dict[str, ModelSpec] = {
     ),
     "EVBus": ModelSpec(
         doc="The EVs of one aggregator at one grid bus (extra_info: {'bus': index}); connect P[MW] to the "
-            "pandapower Bus input P_load[MW].",
+            "pandapower Bus input P_load[MW]. Grid limits on these EVs' net power arrive as P_max/P_min.",
         public=False,
+        inputs=(
+            Attr("P_max[MW]", "upper limit on these EVs' net power (the lowest of several); hard, held until "
+                              "changed", factor=MW, combine=min),
+            Attr("P_min[MW]", "lower limit on these EVs' net power (the highest of several)", factor=MW,
+                 combine=max),
+        ),
         outputs=(Attr("P[MW]", "net power of these EVs (load convention)", factor=MW),),
     ),
 }
@@ -178,6 +190,62 @@ GRID_MODELS: dict[str, ModelSpec] = {
         outputs=(
             Attr("loading[%]", "loading of the transformer", source="loading_percent"),
             Attr("P_hv[MW]", "active power into the high-voltage side", source="p_hv_mw"),
+        ),
+    ),
+}
+
+# OperatorSim (evagg.plugin.operator_sim): a grid operator limiting the EVs per bus group, and a peak shaver.
+OPERATOR_PARAMS = (
+    "grid",  # the operator's grid: a simbench code or a pandapower JSON file (the same as the Grid's)
+    "groups",  # [{"id", "bus", "weight"?, "p_rated_kw"?}]: one BusLimit child each (see operator_groups), or:
+    "buses",  # [bus, ...]: one BusLimit child per bus (group id "bus-<b>"; one aggregator only)
+    "v_min", "v_max", "v_margin", "loading_max", "loading_margin", "gain", "coupling", "release_kw",
+    "room_share", "idle_kw",  # see evagg.simulators.operator
+)
+
+OPERATOR_MODELS: dict[str, ModelSpec] = {
+    "Operator": ModelSpec(
+        doc="A grid operator: each step, limits on the EVs of each group from the grid's measured state "
+            "(evagg.simulators.operator.GridOperator); connect with connect_operator.",
+        params=OPERATOR_PARAMS,
+        inputs=(
+            Attr("Vm[pu]", "bus voltages: connect each grid Bus's Vm[pu] (keyed by the source's entity id)"),
+            Attr("loading[%]", "branch loadings: each grid Line's and Transformer's loading[%]"),
+            Attr("P[MW]", "bus net powers (load +): each grid Bus's P[MW], for the direction of the flows"),
+        ),
+        outputs=(
+            Attr("n_limited", "groups with a limit for the next step", kind=int),
+            Attr("Vm_min[pu]", "the lowest voltage measured in the step (None if none)"),
+            Attr("loading_max[%]", "the highest branch loading measured in the step (None if none)"),
+        ),
+    ),
+    "BusLimit": ModelSpec(
+        doc="The limits of one group (the EVs of one aggregator at one bus; extra_info: group, bus, operator).",
+        public=False,
+        inputs=(Attr("P_ev[MW]", "the group's present EV power (the EVBus's P[MW]); several sources are summed",
+                     factor=MW),),
+        outputs=(
+            Attr("P_max[MW]", "upper limit on the group's EV power for the next step (None: none)", factor=MW),
+            Attr("P_min[MW]", "lower limit on the group's EV power for the next step (None: none)", factor=MW),
+            Attr("binding", "what set the limits, e.g. 'Vm Bus-12 low', 'loading Line-3' ('' if none)", kind=str),
+        ),
+    ),
+    "PeakShaver": ModelSpec(
+        doc="A reference for a fleet from the feeder's measured net load: share * (target - (P_feeder - "
+            "P_fleet)) (evagg.simulators.peak_shaving.PeakShaver).",
+        params=("target", "share", "forecast_steps", "forecast", "initial"),
+        inputs=(
+            Attr("P_feeder[MW]", "the feeder's net load (load +): a Transformer's P_hv[MW] or the ExternalGrid's "
+                                 "P[MW]; summed", factor=MW),
+            Attr("P_fleet[MW]", "the fleet's power in the same step: the aggregators' P[MW], summed", factor=MW),
+        ),
+        outputs=(
+            Attr("P_ref[MW]", "the fleet's reference (None before the first measurement)", source="p_ref_kw",
+                 factor=MW),
+            Attr("P_forecast[MW]", "the references of the next forecast_steps steps", source="forecast_kw",
+                 factor=MW, kind=list),
+            Attr("P_base[MW]", "the estimated non-EV load of the feeder", source="base_kw", factor=MW),
+            Attr("target[MW]", "the target used", source="target_kw", factor=MW),
         ),
     ),
 }

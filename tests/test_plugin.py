@@ -357,6 +357,26 @@ def test_limits_from_another_simulator(files):
     assert series(data, "energy[MWh]", AGG)[-1] < series(free, "energy[MWh]", AGG)[-1]
 
 
+def test_bus_limits_reach_the_evs_at_that_bus(files):
+    """P_max on one EVBus child bounds the EVs at that bus only; the aggregator says when a limit binds."""
+    evening = {"sim_params": {"start_date": "2026-06-01T16:00:00"}, "grid": False, "reference": False,
+               "until_steps": 12,
+               "agg_params": {"sessions": None, "n_evs": 40, "seed": 2, "buses": [3, 4], "method": "uncontrolled"}}
+
+    def limit(world, agg, out):
+        cap = world.start("In", step_size=STEP).Constant(constant=0.03)  # 30 kW at bus 3
+        bus3 = next(c for c in agg.children if c.extra_info["bus"] == 3)
+        world.connect(cap, bus3, ("value", "P_max[MW]"))
+        world.connect(agg, out, "limited")
+    data, _ = run_world(files, extra=limit, **evening)
+    free, _ = run_world(files, **evening)
+    at3, at4 = "EVAgg-0.EVBus-0-3", "EVAgg-0.EVBus-0-4"
+    assert series(free, "P[MW]", at3).max() > 0.05  # the limit binds
+    assert np.all(series(data, "P[MW]", at3) <= 0.03 + 1e-9) and series(data, "P[MW]", at3).max() > 0.029
+    np.testing.assert_allclose(series(data, "P[MW]", at4), series(free, "P[MW]", at4), atol=1e-9)
+    assert series(data, "limited", AGG).max() == 1
+
+
 def test_forecast_from_the_signal_and_synthetic_fleet(files):
     """A synthetic fleet spread over buses, a synthetic signal around its baseline with its future given."""
     def wire(world, agg, out):
