@@ -11,7 +11,8 @@ from .collector_sim import CollectorSim
 from .grid import connect_buses
 from .reference_sim import ReferenceSim
 
-__all__ = ["AggregatorSim", "ReferenceSim", "CollectorSim", "SimbenchGridSim", "connect_buses"]
+__all__ = ["AggregatorSim", "ReferenceSim", "CollectorSim", "SimbenchGridSim", "connect_buses", "OperatorSim",
+           "connect_operator", "operator_groups", "connect_peak_shaver"]
 
 
 def __getattr__(name):
@@ -20,4 +21,8 @@ def __getattr__(name):
         from .pandapower_grid import SimbenchGridSim
 
         return SimbenchGridSim
+    if name in ("OperatorSim", "connect_operator", "operator_groups", "connect_peak_shaver"):
+        from . import operator_sim  # the grid operator and peak shaver (evagg.plugin.operator_sim)
+
+        return getattr(operator_sim, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
