@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import cho_factor, cho_solve
 
 from .limits import solver_limits
 from .problem import Problem
@@ -321,7 +322,9 @@ class RelaxedQP:
         # S / (2 kappa): the aggregate's rows at unit scale, as (I / (2 kappa) + M) without limits
         S = (dh[:, None] / self.Dh[0, 0]) * M * (dh[None, :] / self.Dh[0, 0])
         S[np.diag_indices(n_rows)] += 1.0 / self.Dh[0, 0] ** 2
-        self.chol = np.linalg.cholesky(S)
+        # With limit rows the system is (1 + R) T wide: factor once, solve by triangular substitution (without
+        # them it is T x T and the long-standing solve path is kept: its rounding is what the bounds were measured on).
+        self.chol = cho_factor(S, lower=True, check_finite=False) if self.R else np.linalg.cholesky(S)
 
     def _Kinv(self, gc, gd):
         """K^-1 g per EV (each EV's chain solved independently)."""
@@ -339,7 +342,11 @@ class RelaxedQP:
         # Woodbury: N^-1 g = K^-1 g - K^-1 U^T D^1/2 S^-1 D^1/2 U K^-1 g
         uc, ud = self._Kinv(gc, gd)
         Pu = (self.Dh / self.Dh[0, 0] * self._rows(uc, ud)).ravel()
-        w = (self.Dh / self.Dh[0, 0]) * np.linalg.solve(self.chol.T, np.linalg.solve(self.chol, Pu)).reshape(self.Dh.shape)
+        if self.R:
+            v = cho_solve(self.chol, Pu, check_finite=False)
+        else:
+            v = np.linalg.solve(self.chol.T, np.linalg.solve(self.chol, Pu))
+        w = (self.Dh / self.Dh[0, 0]) * v.reshape(self.Dh.shape)
         wl = self._spread(w)
         vc, vd = self._Kinv(wl, -wl)
         return uc - vc, ud - vd

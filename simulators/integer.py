@@ -66,6 +66,11 @@ def cut_and_fix(problem: Problem, p_ref: np.ndarray, solve_relaxed, max_rounds: 
             if best is None or value < best[0]:
                 best = (value, pc, pd)
             conflict = (sol.pc > CONFLICT_KW) & (sol.pd > CONFLICT_KW)
+            if rounds > 1 and not sol.converged:
+                # The modes fixed so far leave this round's relaxation without a solution the interior point can
+                # reach (with grid limits a fixed mode can make it infeasible): later rounds only fix more.
+                messages.append(f"mode-fixing round {rounds} ({rule}) did not converge; kept the best answer so far")
+                break
             # Netting lost (almost) nothing against this round's relaxed answer: its conflicts were ties, not needs.
             relaxed_value = tracking_sse(sol.pc, sol.pd, p_ref)
             if not conflict.any() or value <= relaxed_value + GOOD_ENOUGH * max(relaxed_value, 1.0):

@@ -144,6 +144,10 @@ def solver_limits(limits: Limits, problem=None) -> Limits:
                   tight.p_max_kw)
     lo = np.where(tight.p_min_kw > highest, np.maximum(limits.p_min_kw, np.minimum(tight.p_min_kw, highest)),
                   tight.p_min_kw)
+    # A bound its members cannot reach even all flat out binds nothing: no row for it (an operator's limit is
+    # often above what the few EVs at a bus can draw).
+    hi = np.where(limits.p_max_kw >= highest, np.inf, hi)
+    lo = np.where(limits.p_min_kw <= lowest, -np.inf, lo)
     return Limits(names=limits.names, members=limits.members, p_min_kw=lo, p_max_kw=hi)
 
 
