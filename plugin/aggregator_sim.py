@@ -8,10 +8,18 @@ own process ``{"cmd": "evagg-mosaik %(addr)s"}`` / ``{"connect": "HOST:PORT"}`` 
     agg = sim.Aggregator(n_evs=1000, seed=1, buses=[3, 5, 8], horizon=8)
     connect_buses(world, agg, grid)          # each EVBus child -> the grid's Bus-<index>.P_load[MW]
     world.connect(signal, agg, "P_ref[MW]")
+
+Limits (``P_max[MW]`` / ``P_min[MW]``, on the Aggregator and on its EVBus children) are held until changed: the
+last value from each source is kept, a step without one (an event-based source that sent nothing) keeps it, and
+None, +inf / -inf mean no limit. ``world.start(..., same_step=True)`` makes the simulator "hybrid" with those limits
+as triggers: new limits at the same mosaik time step it again and the model re-plans the same step with them (the
+same-step loop with a grid operator, see `evagg.plugin.operator_sim`); only the aggregators whose inputs changed
+re-plan. Default: time-based.
 """
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import mosaik_api_v3
@@ -23,7 +31,7 @@ from evagg.simulators.synthetic import synthetic_fleet
 from evagg.simulators.tables import read_reference, read_sessions
 
 from .common import DEFAULT_START, TimeGrid, check_params
-from .meta import AGGREGATOR_MODELS, AGGREGATOR_PARAMS, SOC_PERCENTILES, SOC_SPREAD, build_meta
+from .meta import AGGREGATOR_MODELS, AGGREGATOR_PARAMS, SOC_PERCENTILES, SOC_SPREAD, build_meta, same_step_meta
 
 log = logging.getLogger("evagg.plugin")
 
@@ -32,27 +40,40 @@ _INPUTS = AGGREGATOR_MODELS["Aggregator"].input_attrs
 _OUTPUTS = AGGREGATOR_MODELS["Aggregator"].output_attrs
 _BUS_P = AGGREGATOR_MODELS["EVBus"].output_attrs["P[MW]"]
 _BUS_INPUTS = AGGREGATOR_MODELS["EVBus"].input_attrs
+_LIMITS = ("P_max[MW]", "P_min[MW]")
+# same_step=True: the inputs that step the simulator again at the same time (the model re-plans the step)
+SAME_STEP_TRIGGERS = {"Aggregator": list(_LIMITS), "EVBus": list(_LIMITS)}
 
 
 class AggregatorSim(mosaik_api_v3.Simulator):
     """EV aggregators for mosaik. Simulator params (world.start): step_size (mosaik time units per step,
     default 900; step_size * time_resolution must be whole seconds), start_date (ISO 8601: the time of mosaik
-    time 0). Model params: see `evagg.plugin.meta.AGGREGATOR_PARAMS`."""
+    time 0), same_step (default False: time-based; True: hybrid, limits as triggers, for a same-step loop).
+    Model params: see `evagg.plugin.meta.AGGREGATOR_PARAMS`."""
 
     def __init__(self):
         super().__init__(META)
         self.sid: SimId | None = None
         self.grid: TimeGrid | None = None
+        self.same_step = False
         self.aggregators: dict[str, Aggregator] = {}
         self.bus_entities: dict[str, tuple[str, int]] = {}  # EVBus eid -> (aggregator eid, position in its buses)
+        # limits held until changed: (eid, attr) -> {source full id: value as received}
+        self._held: dict[tuple[str, str], dict[str, Any]] = {}
+        self._k: int | None = None  # the step last stepped
+        self._args: dict[str, dict] = {}  # aggregator eid -> the arguments of its last model step (in step _k)
+        self.n_replans = 0  # same-time steps that re-planned an aggregator (same_step only)
 
     def init(self, sid: SimId, time_resolution: float = 1.0, step_size: int = 900, start_date: str | None = None,
-             **sim_params):
+             same_step: bool = False, **sim_params):
         if sim_params:
             raise ValueError(f"AggregatorSim: unknown simulator parameter(s) {', '.join(sorted(sim_params))}; "
-                             "known: step_size, start_date")
+                             "known: step_size, start_date, same_step")
         self.sid = sid
         self.grid = TimeGrid("AggregatorSim", time_resolution, step_size, start_date)
+        self.same_step = bool(same_step)
+        if self.same_step:
+            self.meta = same_step_meta(self.meta, SAME_STEP_TRIGGERS)
         return self.meta
 
     # --------------------------------------------------------------------------------------------- creation
@@ -151,25 +172,51 @@ class AggregatorSim(mosaik_api_v3.Simulator):
 
     def step(self, time: Time, inputs: InputData, max_advance: Time) -> Time:
         k = self.grid.step_index(time)
-        bus_limits: dict[str, dict[int, tuple]] = {}
+        again = k == self._k  # the same mosaik time again (same_step: new limits within the step)
         for eid, data in inputs.items():
             if eid in self.bus_entities:
-                unknown = set(data) - set(_BUS_INPUTS)
-                if unknown:
-                    raise ValueError(f"AggregatorSim {eid}: unexpected input(s) {sorted(unknown)}")
-                agg_eid, pos = self.bus_entities[eid]
-                v = {name: attr.from_mosaik(data.get(name, {}).values()) for name, attr in _BUS_INPUTS.items()}
-                bus = int(self.aggregators[agg_eid].buses[pos])
-                bus_limits.setdefault(agg_eid, {})[bus] = (v["P_min[MW]"], v["P_max[MW]"])
-        for eid, agg in self.aggregators.items():
-            data = inputs.get(eid, {})
-            unknown = set(data) - set(_INPUTS)
+                allowed = _BUS_INPUTS
+            elif eid in self.aggregators:
+                allowed = _INPUTS
+            else:
+                raise ValueError(f"AggregatorSim: inputs for an unknown entity {eid!r}")
+            unknown = set(data) - set(allowed)
             if unknown:
                 raise ValueError(f"AggregatorSim {eid}: unexpected input(s) {sorted(unknown)}")
-            v = {name: attr.from_mosaik(data.get(name, {}).values()) for name, attr in _INPUTS.items()}
-            agg.step(k, p_ref_kw=v["P_ref[MW]"], forecast_kw=v["P_forecast[MW]"], p_min_kw=v["P_min[MW]"],
-                     p_max_kw=v["P_max[MW]"], bus_limits=bus_limits.get(eid))
+            for attr in _LIMITS:
+                if attr in data:  # held until changed, source by source
+                    self._held.setdefault((eid, attr), {}).update(data[attr])
+        bus_limits: dict[str, dict[int, tuple]] = {}
+        for eid, (agg_eid, pos) in self.bus_entities.items():
+            lo, hi = self._limit(eid, "P_min[MW]", _BUS_INPUTS), self._limit(eid, "P_max[MW]", _BUS_INPUTS)
+            if lo is not None or hi is not None:
+                bus = int(self.aggregators[agg_eid].buses[pos])
+                bus_limits.setdefault(agg_eid, {})[bus] = (lo, hi)
+        for eid, agg in self.aggregators.items():
+            data = inputs.get(eid, {})
+            args = {"p_ref_kw": _INPUTS["P_ref[MW]"].from_mosaik(data.get("P_ref[MW]", {}).values()),
+                    "forecast_kw": _INPUTS["P_forecast[MW]"].from_mosaik(data.get("P_forecast[MW]", {}).values()),
+                    "p_min_kw": self._limit(eid, "P_min[MW]", _INPUTS),
+                    "p_max_kw": self._limit(eid, "P_max[MW]", _INPUTS),
+                    "bus_limits": bus_limits.get(eid)}
+            if again and eid in self._args:
+                last = self._args[eid]
+                for a in ("p_ref_kw", "forecast_kw"):  # the step's reference, if not sent again
+                    if args[a] is None:
+                        args[a] = last[a]
+                if _same_args(args, last):
+                    continue  # nothing new for this aggregator: its plan of the step stands
+                self.n_replans += 1
+            agg.step(k, **args)
+            self._args[eid] = args
+        self._k = k
         return time + self.grid.step_size
+
+    def _limit(self, eid: str, attr: str, table) -> float | None:
+        """The held limit (kW) of `eid`: the sources' last values combined; None (no limit) when none has one
+        (+inf / -inf or None)."""
+        values = [v for v in self._held.get((eid, attr), {}).values() if v is not None and math.isfinite(v)]
+        return table[attr].from_mosaik(values)
 
     def get_data(self, outputs: OutputRequest) -> OutputData:
         data: OutputData = {}
@@ -203,3 +250,17 @@ class AggregatorSim(mosaik_api_v3.Simulator):
             else:
                 raise ValueError(f"AggregatorSim: no entity {eid!r}")
         return data
+
+
+def _same_args(a: dict, b: dict) -> bool:
+    """Two model steps' arguments alike (limits, references, forecasts)."""
+    if a.keys() != b.keys():
+        return False
+    for key in a:
+        x, y = a[key], b[key]
+        if isinstance(x, (list, tuple, np.ndarray)) or isinstance(y, (list, tuple, np.ndarray)):
+            if x is None or y is None or len(x) != len(y) or any(u != v for u, v in zip(x, y)):
+                return False
+        elif x != y:
+            return False
+    return True

@@ -7,6 +7,7 @@ input P_load[MW] of mosaik-pandapower-2). `Attr.factor` is the number of model u
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -83,6 +84,25 @@ def build_meta(models: dict[str, ModelSpec], sim_type: str = "time-based", extra
     return meta
 
 
+def same_step_meta(meta: Meta, triggers: dict[str, Iterable[str]],
+                   events: dict[str, Iterable[str]] | None = None) -> Meta:
+    """A copy of `meta` as a mosaik "hybrid" simulator for a same-step loop (a `world.group()` closed by a weak
+    connection): `triggers` {model: input attrs whose new data steps the simulator again, even at the same time};
+    `events` {model: output attrs sent only when get_data returns them (non-persistent)}. Every other input is a
+    non-trigger, every other output persistent; the simulator still steps on its own schedule too."""
+    out = copy.deepcopy(meta)
+    out["type"] = "hybrid"  # type: ignore[typeddict-item]
+    for model, desc in out["models"].items():
+        attrs = set(desc.get("attrs", []))
+        for key, table in (("trigger", triggers), ("non-persistent", events or {})):
+            names = list(table.get(model, ()))
+            unknown = sorted(set(names) - attrs)
+            if unknown:
+                raise ValueError(f"same_step_meta: model {model} has no attribute(s) {unknown}")
+            desc[key] = names
+    return out
+
+
 def _sum_lists(values: list) -> list:
     """Several forecasts: summed step by step (as the references are), as long as the shortest."""
     n = min(len(v) for v in values)
@@ -130,6 +150,8 @@ AGGREGATOR_MODELS: dict[str, ModelSpec] = {
                  factor=MW),
             Attr("shortfall[MWh]", "cumulative target energy not delivered at departure", source="shortfall_kwh",
                  factor=MW),
+            Attr("need_unmet[MWh]", "cumulative departure need (the spec's: what charging flat out would give) not "
+                                    "delivered; only grid limits can cause it", source="need_unmet_kwh", factor=MW),
             Attr("solve_time[s]", "wall time of this step's re-dispatch", source="solve_time_s"),
             Attr("limited", "1 when a grid limit (on the fleet or one of its buses) was binding in this step",
                  source="limited", kind=int),
@@ -217,6 +239,12 @@ OPERATOR_MODELS: dict[str, ModelSpec] = {
             Attr("n_limited", "groups with a limit for the next step", kind=int),
             Attr("Vm_min[pu]", "the lowest voltage measured in the step (None if none)"),
             Attr("loading_max[%]", "the highest branch loading measured in the step (None if none)"),
+            Attr("iterations", "power flows the operator saw in the step: 1 in the delayed coupling; in the "
+                               "iterative one, the rounds of the same-step loop (the last one: limits settled)",
+                 kind=int),
+            Attr("capped", "1 when the same-step loop hit max_iterations in the step (the limits were not settled "
+                           "to tol_mw; the last ones sent are kept), else 0", kind=int),
+            Attr("capped_steps", "steps so far in which the same-step loop hit max_iterations", kind=int),
         ),
     ),
     "BusLimit": ModelSpec(
@@ -225,8 +253,10 @@ OPERATOR_MODELS: dict[str, ModelSpec] = {
         inputs=(Attr("P_ev[MW]", "the group's present EV power (the EVBus's P[MW]); several sources are summed",
                      factor=MW),),
         outputs=(
-            Attr("P_max[MW]", "upper limit on the group's EV power for the next step (None: none)", factor=MW),
-            Attr("P_min[MW]", "lower limit on the group's EV power for the next step (None: none)", factor=MW),
+            Attr("P_max[MW]", "upper limit on the group's EV power for the next step (None: none); in the iterative "
+                              "coupling for this step, sent only when it moved (+inf: none)", factor=MW),
+            Attr("P_min[MW]", "lower limit on the group's EV power for the next step (None: none); in the iterative "
+                              "coupling for this step, sent only when it moved (-inf: none)", factor=MW),
             Attr("binding", "what set the limits, e.g. 'Vm Bus-12 low', 'loading Line-3' ('' if none)", kind=str),
         ),
     ),

@@ -15,6 +15,10 @@ What it adds to mosaik-pandapower-2 (everything else is the adapter as it is):
   it covers; a shorter one holds its row.
 - ``Transformer`` children (``Transformer-<index>``, related to their two buses) with ``loading[%]`` and
   ``P_hv[MW]`` (pandapower's ``res_trafo``), declared in `evagg.plugin.meta.GRID_MODELS`.
+- ``same_step=True`` (simulator param): a mosaik "hybrid" simulator whose Bus inputs (``P_load[MW]``,
+  ``P_gen[MW]``, ``Q_load[MVar]``, ``Q_gen[MVar]``) are triggers, so that new power from a simulator in the same
+  ``world.group()`` (an AggregatorSim with ``same_step=True`` re-planning the step) runs the power flow again at
+  the same time; it still steps on its own schedule. Default: time-based, as the adapter.
 
 sim_config entry: ``{"python": "evagg.plugin:SimbenchGridSim"}``;
 ``world.start("Grid", step_size=900, start_date="2026-06-01 00:00:00").Grid(simbench="1-MV-rural--0-sw")`` or
@@ -30,7 +34,7 @@ from mosaik_components.pandapower.simulator import Simulator
 from evagg.simulators.aggregator import to_datetime64
 from evagg.simulators.grids import Feeder, load_grid
 
-from .meta import GRID_MODELS, GRID_PARAMS
+from .meta import GRID_MODELS, GRID_PARAMS, same_step_meta
 
 PROFILE_YEAR = 2016
 
@@ -39,6 +43,8 @@ META["models"]["Grid"]["params"] = list(META["models"]["Grid"]["params"]) + list
 META["models"].update({name: spec.description() for name, spec in GRID_MODELS.items()})
 _OUTPUTS = {model: spec.output_attrs for model, spec in GRID_MODELS.items()}
 _RESULTS = {"Transformer": "res_trafo"}
+# same_step=True: the inputs that run the power flow again at the same time
+SAME_STEP_TRIGGERS = {"Bus": ["P_load[MW]", "P_gen[MW]", "Q_load[MVar]", "Q_gen[MVar]"]}
 
 
 class SimbenchGridSim(Simulator):
@@ -52,10 +58,16 @@ class SimbenchGridSim(Simulator):
         self.start = self.start_date  # the time of mosaik time 0 (where the profiles are read)
         self.feeder: Feeder | None = None  # the grid loaded by grid= / simbench=, with its profiles
 
-    def init(self, sid, time_resolution: float = 1.0, step_size: int | None = 900, start_date: str | None = None):
+    def init(self, sid, time_resolution: float = 1.0, step_size: int | None = 900, start_date: str | None = None,
+             same_step: bool = False):
         self.time_resolution = float(time_resolution)
         if start_date is not None:
             self.start_date = self.start = to_datetime64(start_date)
+        if same_step:
+            if not step_size:
+                raise ValueError("SimbenchGridSim: same_step=True needs a step_size (it steps on its own schedule "
+                                 "and again whenever its bus inputs change at the same time)")
+            self.meta = same_step_meta(self.meta, SAME_STEP_TRIGGERS)
         return super().init(sid, time_resolution=time_resolution, step_size=step_size)
 
     def create_grid(self, **params):

@@ -76,6 +76,7 @@ class StepResult:
     n_plugged: int  # EVs plugged in in step k
     energy_kwh: float  # energy stored in the EVs plugged in in step k, at the end of the step
     shortfall_kwh: float  # cumulative: target (capped at capacity) not delivered at departure, up to this step
+    need_unmet_kwh: float  # cumulative: the spec's departure need not met (only grid limits can cause it)
     solve_time_s: float  # wall time of the re-dispatch (build, solve, limits)
     mode: str  # tracking | held (the last reference, none came) | uncontrolled
     status: str  # the engine's status of the plan ("idle" when nothing was plugged in)
@@ -435,6 +436,7 @@ class Aggregator:
         result = StepResult(
             k=k, time=now, p_kw=p_kw, p_ref_kw=None if mode == "uncontrolled" else self._last_ref,
             bus_kw=bus_kw, n_plugged=n_plugged, energy_kwh=energy, shortfall_kwh=self.shortfall_kwh,
+            need_unmet_kwh=self.need_unmet_kwh,
             solve_time_s=_time.perf_counter() - t0, mode=mode, status=status, sessions=idx, pc_kw=pc0, pd_kw=pd0,
             limited=limited, needs_lowered_kwh=lowered, message=message,
         )
