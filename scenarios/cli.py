@@ -185,7 +185,8 @@ RUN_DESCRIPTION = """\
 Run a feeder study in mosaik: a simbench feeder (pandapower, with its load and generation profiles) with EV
 aggregators whose EVs sit at its load buses, each following a reference signal, and a results table.
 Scenarios: feeder_day (default: one day at 15-minute steps), grid_impact (the same under the policies
-uncontrolled, edf and --method, side by side), remote (feeder_day with each aggregator in its own process).
+uncontrolled, edf, dcls (tracking only), dcls+grid (under a grid operator's limits) and peak_shaving, side by
+side), remote (feeder_day with each aggregator in its own process).
 Writes the tidy results table (results.csv), summary.json (every headline figure) and PNG plots into --out,
 and prints the headline figures. Same options and seed: the same results, byte for byte (wall times, kept in
 timing.csv and under summary.json's "timing", aside)."""
@@ -216,8 +217,9 @@ def _setup_run(p: argparse.ArgumentParser) -> None:
                    help=f"a simbench code (shipped with simbench, e.g. 1-LV-rural1--0-sw, 1-MV-rural--0-sw) or a "
                         f"pandapower JSON file; default: {DEFAULT_GRID}")
     p.add_argument("--method", default=None, metavar="M",
-                   help=f"dispatch method of the aggregators ({', '.join(METHODS)}); for grid_impact the policy "
-                        "compared with uncontrolled and edf; default: dcls")
+                   help=f"dispatch method of the aggregators ({', '.join(METHODS)}), or a policy: <method>+grid "
+                        "(under a grid operator's limits), peak_shaving[+grid], no_evs; for grid_impact the policy "
+                        "compared with uncontrolled, edf, <method>+grid and peak_shaving; default: dcls")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="results folder; default: results/<scenario>-<timestamp>/; must not exist or be empty")
     p.add_argument("--overwrite", action="store_true", help="replace the results folder --out if it holds results")
@@ -238,7 +240,15 @@ def _setup_run(p: argparse.ArgumentParser) -> None:
                         "hold (the current value held); default: perfect")
     p.add_argument("--v-band", default=None, metavar="LO,HI", help="voltage band in pu; default: 0.95,1.05")
     p.add_argument("--policies", default=None, metavar="LIST",
-                   help="grid_impact: comma-separated methods to compare; default: uncontrolled,edf,<--method>")
+                   help="grid_impact: comma-separated policies to compare (methods, <method>+grid, "
+                        "peak_shaving[+grid], no_evs); default: uncontrolled,edf,dcls,dcls+grid,peak_shaving")
+    p.add_argument("--coupling", default=None, metavar="delayed|iterative",
+                   help="grid-aware policies: the operator's limits act one step late (delayed: mosaik time-shifted "
+                        "connections) or are settled within each step (iterative: a same-step loop of grid, "
+                        "aggregators and operator); default: delayed")
+    p.add_argument("--peak-target", default=None, metavar="KW",
+                   help="peak_shaving: the feeder level (kW, at the transformer) to keep the load below; default: "
+                        "the flat level the day's base load plus the EVs' energy would fill")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it is shown on a terminal only)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (evagg report DIR makes them later)")
 
@@ -254,6 +264,7 @@ def _cmd_run(args) -> int:
         "method": args.method, "out": args.out, "overwrite": args.overwrite, "seed": args.seed,
         "v2g_share": args.v2g_share, "aggregators": args.aggregators, "signal": args.signal, "start": args.start,
         "horizon": args.horizon, "forecast": args.forecast, "v_band": args.v_band, "policies": args.policies,
+        "coupling": args.coupling, "peak_target_kw": args.peak_target,
         "progress": not args.no_progress and sys.stderr.isatty(), "plots": not args.no_plots,
     }
     options = {k: v for k, v in options.items() if v is not None}

@@ -41,12 +41,44 @@ DEFAULT_START = "2026-01-14T12:00:00"  # a winter weekday from noon: the evening
 DEFAULT_EVS = 60
 DEFAULT_AGGREGATORS = 2
 DEFAULT_METHOD = "dcls"
-DEFAULT_POLICIES = ("uncontrolled", "edf", "dcls")
+DEFAULT_POLICIES = ("uncontrolled", "edf", "dcls", "dcls+grid", "peak_shaving")
+COUPLINGS = ("delayed", "iterative")
 DEFAULT_HORIZON = 16  # steps planned ahead (4 h at 15 min): with the signal's next steps known, tracks better than 8
 SUMMARY = "summary.json"
 RESULTS = "results.csv"
 TIMING = "timing.csv"
 INPUTS = "inputs"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How the aggregators run in one world: their dispatch `method`, what they follow (`reference`: the signal,
+    the feeder's peak-shaving reference, or nothing for a world without EVs) and whether a grid operator sends them
+    limits (`grid_aware`). Names: a method (``dcls``, ``edf``, ...), ``<method>+grid`` (the same under the grid
+    operator's limits), ``peak_shaving`` (dcls following the room below a target on the feeder, see
+    simulators/peak_shaving.py; ``peak_shaving+grid`` adds the operator), ``no_evs`` (the feeder alone)."""
+
+    name: str
+    method: str
+    reference: str  # signal | peak_shaving | none
+    grid_aware: bool
+
+    @classmethod
+    def parse(cls, name: str) -> "Policy":
+        base, plus, suffix = str(name).strip().partition("+")
+        if plus and suffix != "grid":
+            raise ScenarioError(f"unknown policy {name!r}: the only suffix is +grid (e.g. dcls+grid)")
+        grid_aware = bool(plus)
+        if base == "no_evs":
+            if grid_aware:
+                raise ScenarioError("no_evs+grid: without EVs there is nothing to limit")
+            return cls(name, "uncontrolled", "none", False)
+        if base == "peak_shaving":
+            return cls(name, DEFAULT_METHOD, "peak_shaving", grid_aware)
+        if base not in METHODS:
+            raise ScenarioError(f"unknown policy {name!r}; choose a method ({', '.join(METHODS)}), <method>+grid, "
+                                "peak_shaving[+grid] or no_evs")
+        return cls(name, base, "signal", grid_aware)
 
 
 class ScenarioError(ValueError):
@@ -89,6 +121,8 @@ class Options:
     horizon: int = DEFAULT_HORIZON
     forecast: str = "perfect"  # perfect: the signal's next steps are known; hold: the current value is held
     v_band: tuple = (0.95, 1.05)
+    coupling: str = "delayed"  # grid-aware policies: operator limits one step late, or settled within the step
+    peak_target_kw: float | None = None  # peak_shaving: the feeder level to keep below (None: the flat level)
     out: str | None = None
     overwrite: bool = False
     progress: bool = False
@@ -152,18 +186,24 @@ class Options:
             aggregators = evs  # every aggregator has at least one EV
         v2g = _number(o.get("v2g_share", 0.5), "V2G share (--v2g-share)", 0.0, 1.0)
         method = str(o.get("method", DEFAULT_METHOD))
-        if method not in METHODS:
-            raise ScenarioError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        Policy.parse(method)  # a method, or a policy such as dcls+grid for a single run
         policies = o.get("policies")
         if policies is None:
-            policies = tuple(dict.fromkeys(["uncontrolled", "edf", method]))
+            policies = DEFAULT_POLICIES if "method" not in o else tuple(
+                dict.fromkeys(["uncontrolled", "edf", method, f"{Policy.parse(method).method}+grid", "peak_shaving"]))
         elif isinstance(policies, str):
             policies = tuple(p.strip() for p in policies.split(",") if p.strip())
         policies = tuple(dict.fromkeys(policies))
-        bad = [p for p in policies if p not in METHODS]
-        if bad or not policies:
-            raise ScenarioError(f"unknown polic(ies) {', '.join(map(repr, bad)) or '(none given)'}; choose from "
-                                f"{', '.join(METHODS)}")
+        if not policies:
+            raise ScenarioError("no policy given (--policies); e.g. uncontrolled,dcls,dcls+grid")
+        for p in policies:
+            Policy.parse(p)
+        coupling = str(o.get("coupling", "delayed"))
+        if coupling not in COUPLINGS:
+            raise ScenarioError(f"coupling must be {' or '.join(COUPLINGS)}, got {coupling!r}")
+        peak_target = o.get("peak_target_kw")
+        if peak_target is not None:
+            peak_target = _number(peak_target, "peak-shaving target (--peak-target, kW)", -1e6, 1e6)
         seed = _int(o.get("seed", 1), "seed (--seed)", 0, 2**32 - 1)
         start = o.get("start", DEFAULT_START)
         try:
@@ -192,7 +232,7 @@ class Options:
         return cls(scenario=scenario, days=days, step_min=step_min, steps=steps, evs=evs, aggregators=aggregators,
                    v2g_share=v2g, method=method, policies=policies, seed=seed, grid=grid,
                    start=ts.strftime("%Y-%m-%dT%H:%M:%S"), signal=None if signal is None else str(signal),
-                   horizon=horizon, forecast=forecast, v_band=band,
+                   horizon=horizon, forecast=forecast, v_band=band, coupling=coupling, peak_target_kw=peak_target,
                    out=None if o.get("out") is None else str(o["out"]), overwrite=bool(o.get("overwrite", False)),
                    progress=bool(o.get("progress", False)), remote=bool(o.get("remote", scenario == "remote")),
                    plots=bool(o.get("plots", True)))

@@ -43,6 +43,7 @@ from .common import (
     CtrlC,
     Interrupted,
     Options,
+    Policy,
     Progress,
     RunFailed,
     build_fleet,
@@ -60,9 +61,12 @@ SIM_CONFIG = {
     "EVAgg": {"python": "evagg.plugin:AggregatorSim"},
     "Ref": {"python": "evagg.plugin:ReferenceSim"},
     "Results": {"python": "evagg.plugin:CollectorSim"},
+    "Operator": {"python": "evagg.plugin:OperatorSim"},
 }
 
-AGGREGATOR_OUTPUTS = ("P[MW]", "P_ref[MW]", "tracking_error[MW]", "n_plugged", "energy[MWh]", "shortfall[MWh]")
+AGGREGATOR_OUTPUTS = ("P[MW]", "P_ref[MW]", "tracking_error[MW]", "n_plugged", "energy[MWh]", "shortfall[MWh]",
+                      "need_unmet[MWh]", "limited")
+OPERATOR_OUTPUTS = ("n_limited", "Vm_min[pu]", "loading_max[%]")
 SOC_OUTPUTS = ("soc_min[%]", "soc_p10[%]", "soc_p50[%]", "soc_p90[%]", "soc_max[%]")
 GRID_OUTPUTS = {"Bus": ("Vm[pu]", "P[MW]"), "Line": ("loading[%]",), "Transformer": ("loading[%]",),
                 "ExternalGrid": ("P[MW]",)}
@@ -101,45 +105,78 @@ def write_inputs(opts: Options, feeder, reference, out: Path) -> list[dict]:
     return aggs
 
 
-def build_world(opts: Options, method: str, out: Path, aggs: list[dict], on_step=None):
-    """The mosaik world of one run (not yet run): returns (world, entities)."""
+def build_world(opts: Options, policy: str, out: Path, aggs: list[dict], on_step=None, peak_target_kw=None):
+    """The mosaik world of one run under `policy` (see `Policy`; not yet run): returns (world, entities).
+
+    Grid-aware policies add an Operator (evagg.plugin.OperatorSim) that sends each aggregator's EVs at each bus
+    limits from the grid's state: one step late (coupling "delayed", mosaik time-shifted connections) or settled
+    within the step (coupling "iterative": the grid, the aggregators and the operator in one mosaik group, the
+    limits going back over weak connections). peak_shaving replaces the signal by a PeakShaver per aggregator
+    (target `peak_target_kw`, shared in proportion to the aggregators' EVs)."""
+    import contextlib
+
     import mosaik
 
     from evagg.plugin import connect_buses
 
+    pol = Policy.parse(policy)
     config = dict(SIM_CONFIG)
     if opts.remote:
         config["EVAgg"] = remote_aggregator_config()
     world = mosaik.World(config, time_resolution=1.0, mosaik_config={"start_timeout": 120, "stop_timeout": 30},
                          debug=False, skip_greetings=True)
+    iterative = pol.grid_aware and opts.coupling == "iterative"
+    same_step = {"same_step": True} if iterative else {}
     try:
         step, start = opts.step_s, opts.start.replace("T", " ")
-        grid = world.start("Grid", step_size=step).Grid(grid=opts.grid, start=opts.start)
-        grid_buses = [int(c.eid.split("-", 1)[1]) for c in grid.children if c.type == "Bus"]
         results = world.start("Results", start_date=start, on_step=on_step)
         table = results.Table(path=str(out / RESULTS))
         timing = results.Table(path=str(out / TIMING))
         ref_sim = world.start("Ref", step_size=step, start_date=start)
         fsteps = opts.horizon - 1 if opts.forecast == "perfect" else 0
-        entities = {"grid": grid, "aggregators": [], "signals": []}
-        for a in aggs:
-            sessions = str((out / a["sessions"]).resolve())  # absolute: an aggregator process may run elsewhere
-            agg_sim = world.start("EVAgg", step_size=step, start_date=start)
-            agg = agg_sim.Aggregator(sessions=sessions, method=method, horizon=opts.horizon, grid_buses=grid_buses)
-            if a["signal"] is not None:
+        entities = {"grid": None, "aggregators": [], "signals": [], "operator": None}
+        # In the iterative coupling the simulators of the loop must form one mosaik group.
+        with (world.group() if iterative else contextlib.nullcontext()):
+            grid = world.start("Grid", step_size=step, **same_step).Grid(grid=opts.grid, start=opts.start)
+            entities["grid"] = grid
+            grid_buses = [int(c.eid.split("-", 1)[1]) for c in grid.children if c.type == "Bus"]
+            for a in (aggs if pol.reference != "none" else []):
+                sessions = str((out / a["sessions"]).resolve())  # absolute: an aggregator process may run elsewhere
+                agg_sim = world.start("EVAgg", step_size=step, start_date=start, **same_step)
+                agg = agg_sim.Aggregator(sessions=sessions, method=pol.method, horizon=opts.horizon,
+                                         grid_buses=grid_buses)
+                connect_buses(world, agg, grid)
+                world.connect(agg, table, *AGGREGATOR_OUTPUTS, *SOC_OUTPUTS)
+                for child in agg.children:
+                    world.connect(child, table, "P[MW]")
+                world.connect(agg, timing, "solve_time[s]")
+                entities["aggregators"].append(agg)
+            if pol.grid_aware:
+                from evagg.plugin import connect_operator, operator_groups
+
+                op_sim = world.start("Operator", step_size=step, start_date=start,
+                                     **({"coupling": "iterative"} if iterative else {}))
+                lo, hi = opts.v_band  # the operator keeps the study's band, with a margin that fits inside it
+                op = op_sim.Operator(grid=opts.grid, groups=operator_groups(entities["aggregators"]),
+                                     v_min=lo, v_max=hi, v_margin=min(0.01, 0.25 * (hi - lo)))
+                connect_operator(world, op, grid, entities["aggregators"],
+                                 **({"coupling": "iterative"} if iterative else {}))
+                world.connect(op, table, *OPERATOR_OUTPUTS, *(["iterations", "capped"] if iterative else []))
+                entities["operator"] = op
+        for a, agg in zip(aggs, entities["aggregators"]):
+            sessions = str((out / a["sessions"]).resolve())
+            if pol.reference == "peak_shaving":
+                sig = _peak_shaver(world, opts, grid, agg, entities["aggregators"], a["evs"] / opts.evs,
+                                   peak_target_kw, fsteps)
+            elif a["signal"] is not None:
                 sig = ref_sim.Signal(path=str((out / a["signal"]).resolve()), forecast_steps=fsteps,
                                      until=opts.until)
+                world.connect(sig, agg, "P_ref[MW]", *(["P_forecast[MW]"] if fsteps else []))
             else:
                 sig = ref_sim.Signal(kind="regulation", sessions=sessions, seed=a["seed"], forecast_steps=fsteps,
                                      until=opts.until)
-            world.connect(sig, agg, "P_ref[MW]", *(["P_forecast[MW]"] if fsteps else []))
-            connect_buses(world, agg, grid)
-            world.connect(agg, table, *AGGREGATOR_OUTPUTS, *SOC_OUTPUTS)
-            for child in agg.children:
-                world.connect(child, table, "P[MW]")
+                world.connect(sig, agg, "P_ref[MW]", *(["P_forecast[MW]"] if fsteps else []))
             world.connect(sig, table, "P_ref[MW]")
-            world.connect(agg, timing, "solve_time[s]")
-            entities["aggregators"].append(agg)
             entities["signals"].append(sig)
         for child in grid.children:
             attrs = GRID_OUTPUTS.get(child.type)
@@ -151,7 +188,49 @@ def build_world(opts: Options, method: str, out: Path, aggs: list[dict], on_step
     return world, entities
 
 
-def simulate(opts: Options, method: str, out: Path, aggs: list[dict], progress: Progress) -> dict:
+def _peak_shaver(world, opts: Options, grid, agg, fleet: list, share: float, target_kw: float, fsteps: int):
+    """A PeakShaver for `agg`: its share of the room below `target_kw` on the feeder (the transformer's P_hv, or the
+    external grid's P), measured one step before."""
+    from evagg.plugin import connect_peak_shaver
+
+    feeder = next((c for c in grid.children if c.type == "Transformer"), None) or next(
+        c for c in grid.children if c.type == "ExternalGrid")
+    sim = world.start("Operator", step_size=opts.step_s, start_date=opts.start.replace("T", " "))
+    shaver = sim.PeakShaver(target=target_kw / 1000.0, share=share, forecast_steps=fsteps)
+    connect_peak_shaver(world, shaver, feeder, agg, fleet)
+    return shaver
+
+
+def feeder_base_kw(feeder, opts: Options) -> np.ndarray:
+    """(steps,) the feeder's net load without EVs (loads minus generation, kW) from its profiles, per step."""
+    out = np.zeros(opts.n_steps)
+    net = feeder.net
+    for k in range(opts.n_steps):
+        values = feeder.profile_values(opts.start64, k * opts.step_s, opts.step_s)
+        load = values.get(("load", "p_mw"), (None, net.load.p_mw.to_numpy()))[1]
+        gen = values.get(("sgen", "p_mw"), (None, net.sgen.p_mw.to_numpy()))[1]
+        out[k] = 1000.0 * (float(np.sum(load)) - float(np.sum(gen)))
+    return out
+
+
+def peak_target_kw(opts: Options, feeder, out: Path, aggs: list[dict]) -> float:
+    """The peak-shaving target: `opts.peak_target_kw`, else the flat level that the feeder's base load plus the
+    energy the EVs need over the run would fill (valley filling known a day ahead from the load profiles)."""
+    if opts.peak_target_kw is not None:
+        return float(opts.peak_target_kw)
+    from evagg.simulators.peak_shaving import flat_level_kw
+    from evagg.simulators.tables import read_sessions
+
+    need = 0.0
+    for a in aggs:
+        f = read_sessions(out / a["sessions"])
+        need += float(np.sum(np.maximum(np.minimum(f.energy_target_kwh, f.capacity_kwh) - f.energy_initial_kwh,
+                                        0.0) / f.eta_charge))
+    return flat_level_kw(feeder_base_kw(feeder, opts), need, opts.step_s)
+
+
+def simulate(opts: Options, method: str, out: Path, aggs: list[dict], progress: Progress,
+             peak_target=None) -> dict:
     """Run one world into `out` (which exists). Returns the run's bookkeeping; raises Interrupted (Ctrl-C) or
     RunFailed after writing an incomplete summary.json; the caller writes the complete one."""
     t0 = time.perf_counter()
@@ -160,7 +239,7 @@ def simulate(opts: Options, method: str, out: Path, aggs: list[dict], progress: 
     world = None
     with CtrlC() as ctrl_c:
         try:
-            world, _ = build_world(opts, method, out, aggs, on_step=progress)
+            world, _ = build_world(opts, method, out, aggs, on_step=progress, peak_target_kw=peak_target)
             record["setup_s"] = elapsed(t0)
             world.run(until=opts.until, print_progress=False, shutdown=False)
         except KeyboardInterrupt:
@@ -214,8 +293,11 @@ def run_into(opts: Options, out: Path, feeder, reference, method: str, progress:
     aggs = write_inputs(opts, feeder, reference, out)
     base = {"complete": False, "scenario": opts.scenario, "method": method, "options": opts.as_dict(),
             "grid": feeder.describe(), "aggregators": aggs}
+    target = None
+    if Policy.parse(method).reference == "peak_shaving":
+        target = base["peak_target_kw"] = round(peak_target_kw(opts, feeder, out, aggs), 6)
     write_json(out / SUMMARY, base)  # says "incomplete" from the start: a killed run leaves it so
-    record = simulate(opts, method, out, aggs, progress)
+    record = simulate(opts, method, out, aggs, progress, peak_target=target)
     summary = report.summarize(out, base, record)
     summary["timing"]["total_s"] = elapsed(t0)
     write_json(out / SUMMARY, summary)

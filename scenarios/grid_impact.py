@@ -4,7 +4,10 @@
     from evagg.scenarios import grid_impact; grid_impact.main(evs=40, out="results/impact")
 
 The policies are ``uncontrolled`` (every EV charges flat out from its arrival), ``edf`` (earliest departure first,
-following the reference) and the method given (default ``dcls``), or the list ``policies=(...)``. Each runs the
+following the reference), the method given (default ``dcls``: tracking only), the same under a grid operator's
+limits (``dcls+grid``: grid-aware) and ``peak_shaving`` (dcls following the room below a flat target on the
+feeder instead of the signal), or the list ``policies=(...)`` (see `evagg.scenarios.common.Policy`; ``no_evs``
+runs the feeder alone). Each runs the
 world of `evagg.scenarios.feeder_day` into its own subfolder (``<out>/<policy>/``: results.csv, summary.json,
 plots); the folder itself gets ``comparison.csv`` (figures x policies), ``summary.json`` (every policy's figures)
 and ``policies.png`` (EV power, lowest bus voltage, most loaded line and transformer over time, per policy).
@@ -37,6 +40,7 @@ def finish(out: Path, top: dict, runs: dict, plots: bool = True) -> dict:
     """The folder's summary.json, comparison.csv and policies.png from the policies' summaries `runs`."""
     out = Path(out)
     top = dict(top)
+    runs = with_penalties(runs)
     top["policies_run"] = list(runs)
     top["figures"] = {name: s.get("figures", {}) for name, s in runs.items()}
     total = (top.get("timing") or {}).get("total_s")
@@ -53,6 +57,21 @@ def finish(out: Path, top: dict, runs: dict, plots: bool = True) -> dict:
     if plots and with_steps:
         report.plot_policies(out, with_steps)
     return top
+
+
+def with_penalties(runs: dict) -> dict:
+    """`runs` with, for each grid-aware policy "<p>+grid" whose "<p>" ran too, the tracking RMSE it gave up to the
+    grid limits (kW; figure tracking_rmse_penalty_kw): the same feeder, fleet and reference with and without the
+    operator."""
+    out = {}
+    for name, s in runs.items():
+        base = runs.get(name[:-len("+grid")]) if name.endswith("+grid") else None
+        f, fb = (s.get("figures") or {}), ((base or {}).get("figures") or {})
+        if f.get("tracking_rmse_kw") is not None and fb.get("tracking_rmse_kw") is not None:
+            s = dict(s, figures=dict(f, tracking_rmse_penalty_kw=round(f["tracking_rmse_kw"]
+                                                                        - fb["tracking_rmse_kw"], 4)))
+        out[name] = s
+    return out
 
 
 def main(**options) -> dict:
@@ -89,7 +108,7 @@ def main(**options) -> dict:
     top["timing"]["total_s"] = elapsed(t0)
     write_json(out / SUMMARY, top)
     top["out"] = str(out)
-    top["table"] = report.table_text(runs)
+    top["table"] = report.table_text(with_penalties(runs))
     return top
 
 

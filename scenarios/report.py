@@ -10,11 +10,18 @@ Figures (``figures`` in summary.json):
   buses_violating        buses with at least one such step
   line_loading_max_pct   highest line loading (%), with the line and time
   trafo_loading_max_pct  highest transformer loading (%), with the transformer and time
+  line_overload_steps    steps with some line loaded above 100 %
+  trafo_overload_steps   steps with some transformer loaded above 100 %
   feeder_import_max_mw   highest power drawn from the external grid (MW)
   ev_peak_kw, ev_min_kw  highest / lowest aggregate EV power (kW, + = drawn from the grid)
   ev_energy_kwh          net energy the EVs drew from the grid (kWh): sum over steps of the aggregate power * dt
   tracking_rmse_kw       root mean square of (aggregate EV power - aggregate reference) over the steps (kW)
   energy_shortfall_kwh   target energy (capped at capacity) not delivered to the EVs that left during the run
+  need_unmet_kwh         of it, departure need that charging flat out would have delivered (the spec's need; only
+                         grid limits can leave it unmet)
+  limited_steps          steps in which a grid limit was binding on some aggregator (grid-aware policies)
+  loop_iterations_max    grid-aware, iterative coupling: the most power flows the operator saw in one step
+                         (loop_iterations_median: their median), and loop_capped_steps: steps that hit its cap
 """
 from __future__ import annotations
 
@@ -38,11 +45,18 @@ FIGURES = (
     ("buses_violating", "buses outside the band", "{:d}"),
     ("line_loading_max_pct", "max line loading [%]", "{:.1f}"),
     ("trafo_loading_max_pct", "max transformer loading [%]", "{:.1f}"),
+    ("line_overload_steps", "steps with a line > 100 %", "{:d}"),
+    ("trafo_overload_steps", "steps with the transformer > 100 %", "{:d}"),
     ("feeder_import_max_mw", "max feeder import [MW]", "{:.4f}"),
     ("ev_peak_kw", "EV peak [kW]", "{:.1f}"),
     ("ev_energy_kwh", "EV energy drawn [kWh]", "{:.1f}"),
     ("tracking_rmse_kw", "tracking RMSE [kW]", "{:.2f}"),
+    ("tracking_rmse_penalty_kw", "RMSE given up to the limits [kW]", "{:.2f}"),
     ("energy_shortfall_kwh", "energy shortfall [kWh]", "{:.2f}"),
+    ("need_unmet_kwh", "need unmet (limits) [kWh]", "{:.2f}"),
+    ("limited_steps", "steps with a binding limit", "{:d}"),
+    ("loop_iterations_max", "same-step loop: max iterations", "{:d}"),
+    ("loop_capped_steps", "same-step loop: capped steps", "{:d}"),
     ("solve_time_s", "solve time [s]", "{:.2f}"),
 )
 
@@ -108,8 +122,11 @@ def figures(table: pd.DataFrame, step_s: float, v_band=(0.95, 1.05)) -> dict:
         v_band_pu=[lo, hi], voltage_violations=int(outside.to_numpy().sum()),
         buses_violating=int(outside.any(axis=0).sum()),
     )
-    line_max, line, t_line = _where(wide(table, "Line", "loading[%]"), np.nanargmax)
-    trafo_max, trafo, t_trafo = _where(wide(table, "Transformer", "loading[%]"), np.nanargmax)
+    lines, trafos = wide(table, "Line", "loading[%]"), wide(table, "Transformer", "loading[%]")
+    line_max, line, t_line = _where(lines, np.nanargmax)
+    trafo_max, trafo, t_trafo = _where(trafos, np.nanargmax)
+    f.update(line_overload_steps=int((lines > 100.0).any(axis=1).sum()),
+             trafo_overload_steps=int((trafos > 100.0).any(axis=1).sum()))
     ext = wide(table, "ExternalGrid", "P[MW]").sum(axis=1, min_count=1)
     f.update(line_loading_max_pct=_r(line_max, 4), line_loading_max_at=[line, t_line],
              trafo_loading_max_pct=_r(trafo_max, 4), trafo_loading_max_at=[trafo, t_trafo],
@@ -129,6 +146,16 @@ def figures(table: pd.DataFrame, step_s: float, v_band=(0.95, 1.05)) -> dict:
         tracked_steps=int(tracked.sum()),
         energy_shortfall_kwh=_r(float(shortfall.ffill().iloc[-1].sum() * 1000.0) if len(shortfall) else 0.0, 4),
     )
+    unmet = wide(table, "Aggregator", "need_unmet[MWh]")
+    limited = wide(table, "Aggregator", "limited")
+    f.update(need_unmet_kwh=_r(float(unmet.ffill().iloc[-1].sum() * 1000.0) if len(unmet) else 0.0, 4),
+             limited_steps=int((limited > 0).any(axis=1).sum()) if len(limited) else 0)
+    loops = wide(table, "Operator", "iterations").max(axis=1)
+    capped = wide(table, "Operator", "capped")
+    iterative = len(capped) > 0  # the operator reports `capped` in the iterative coupling only
+    f.update(loop_iterations_max=int(loops.max()) if iterative else None,
+             loop_iterations_median=float(loops.median()) if iterative else None,
+             loop_capped_steps=int((capped > 0).any(axis=1).sum()) if iterative else None)
     return f
 
 

@@ -238,7 +238,7 @@ def test_a_pandapower_json_grid(tmp_path):
 def test_grid_impact_side_by_side(day, tmp_path):
     out = tmp_path / "impact"
     top = grid_impact.main(out=str(out), **SMALL)
-    policies = ["uncontrolled", "edf", "dcls"]
+    policies = ["uncontrolled", "edf", "dcls", "dcls+grid", "peak_shaving"]
     assert top["complete"] is True and top["policies_run"] == policies
     for name in ("summary.json", "comparison.csv", "policies.png"):
         assert (out / name).is_file()
@@ -247,7 +247,9 @@ def test_grid_impact_side_by_side(day, tmp_path):
     for p in policies:
         sub = summary_of(out / p)
         assert sub["complete"] and sub["method"] == p and all((out / p / f).is_file() for f in PLOTS)
-        assert top["figures"][p] == sub["figures"]
+        assert sub["figures"]["need_unmet_kwh"] >= 0.0 and sub["figures"]["trafo_overload_steps"] >= 0
+        # the folder's figures are the run's, plus (grid-aware policies) the tracking given up to the limits
+        assert {k: v for k, v in top["figures"][p].items() if k != "tracking_rmse_penalty_kw"} == sub["figures"]
         assert comparison.at["max line loading [%]", p] == pytest.approx(sub["figures"]["line_loading_max_pct"])
     # the same fleet and reference: the dcls run is feeder_day's, value for value
     assert (out / "dcls" / "results.csv").read_bytes() == (day[0] / "results.csv").read_bytes()
@@ -265,6 +267,10 @@ def test_grid_impact_side_by_side(day, tmp_path):
         np.testing.assert_allclose(bus.to_numpy(), base.to_numpy(), rtol=0, atol=1e-9)
     f = top["figures"]
     assert f["uncontrolled"]["tracking_rmse_kw"] > f["dcls"]["tracking_rmse_kw"]
+    # what the limits cost in tracking: the same reference with and without the operator
+    assert f["dcls+grid"]["tracking_rmse_penalty_kw"] == pytest.approx(
+        f["dcls+grid"]["tracking_rmse_kw"] - f["dcls"]["tracking_rmse_kw"], abs=1e-3)
+    assert "RMSE given up to the limits [kW]" in top["table"]
     assert "uncontrolled" in top["table"] and "max transformer loading [%]" in top["table"]
 
 
@@ -342,7 +348,7 @@ BAD = [
     (["run", "--step-min", "0.5"], "--step-min"),
     (["run", "--v2g-share", "1.5"], "--v2g-share"),
     (["run", "--seed", "-1"], "--seed"),
-    (["run", "--method", "magic"], "unknown method 'magic'"),
+    (["run", "--method", "magic"], "unknown policy 'magic'"),
     (["run", "--steps", "1000"], "--steps"),
     (["run", "--v-band", "1.05,0.95"], "voltage band"),
     (["run", "--start", "soon"], "not an ISO 8601 time"),
@@ -423,7 +429,7 @@ def test_ctrl_c_in_the_second_policy_of_grid_impact(tmp_path, capsys, monkeypatc
     press_ctrl_c_after(monkeypatch, 6)
     out = tmp_path / "cut"
     code, _, stderr = run_cli(capsys, "run", "grid_impact", "--evs", 4, "--steps", 4, "--start", START, "--out", out)
-    assert code == 130 and stderr.startswith("evagg: interrupted after 6 of 12 steps")
+    assert code == 130 and stderr.startswith("evagg: interrupted after 6 of 20 steps")  # 5 policies x 4 steps
     top = summary_of(out)
     assert top["complete"] is False and top["policies_run"] == ["uncontrolled", "edf"]
     assert summary_of(out / "uncontrolled")["complete"] is True
@@ -436,6 +442,66 @@ def test_ctrl_c_in_the_second_policy_of_grid_impact(tmp_path, capsys, monkeypatc
     assert (out / "policies.png").is_file() and (out / "edf" / "power.png").is_file()
     assert "uncontrolled" in stdout and "edf" in stdout and "dcls" not in stdout
     assert summary_of(out)["complete"] is False
+
+
+def test_a_low_voltage_at_an_ev_bus_lowers_the_ev_load_there_at_the_next_step(tmp_path):
+    """Grid-aware, one step late (the default coupling): where a bus with EVs falls below the band in a step, the
+    operator's limit makes the EVs there draw less in the next step than the same EVs uncontrolled."""
+    opts = dict(SMALL, evs=40, steps=3, v_band=(1.015, 1.05))  # this feeder sits at 1.01-1.02 pu in the evening
+    free = feeder_day.main(out=str(tmp_path / "free"), method="uncontrolled", **opts)
+    aware = feeder_day.main(out=str(tmp_path / "aware"), method="uncontrolled+grid", **opts)
+    assert free["complete"] and aware["complete"]
+    t_free, t_aware = tidy(tmp_path / "free"), tidy(tmp_path / "aware")
+    ev_free, ev_aware = pivot(t_free, "EVBus", "P[MW]"), pivot(t_aware, "EVBus", "P[MW]")
+    vm = pivot(t_free, "Bus", "Vm[pu]")
+    # step 0 is the same in both runs (no measurement yet); low voltages at EV buses in step 0
+    np.testing.assert_allclose(ev_aware.iloc[0].to_numpy(), ev_free.iloc[0].to_numpy(), atol=1e-12)
+    low = [c for c in ev_free.columns if vm.iloc[0][f"Grid-0.Bus-{int(c.rsplit('-', 1)[1])}"] < 1.015 + 0.01
+           and ev_free.iloc[0][c] > 0]
+    assert low, "the test needs an EV bus with a low voltage in the first step"
+    for c in low:
+        assert ev_aware.iloc[1][c] < ev_free.iloc[1][c] - 1e-6
+    assert pivot(t_aware, "Aggregator", "limited").iloc[1].max() == 1
+
+
+def test_the_iterative_coupling_acts_in_the_same_step(tmp_path):
+    """coupling="iterative": the same low voltage as above already lowers the EV load in the first step, in a few
+    iterations, reported."""
+    opts = dict(SMALL, evs=40, steps=3, v_band=(1.015, 1.05))
+    free = feeder_day.main(out=str(tmp_path / "free"), method="uncontrolled", **opts)
+    loop = feeder_day.main(out=str(tmp_path / "loop"), method="uncontrolled+grid", coupling="iterative", **opts)
+    ev_free = pivot(tidy(tmp_path / "free"), "EVBus", "P[MW]")
+    ev_loop = pivot(tidy(tmp_path / "loop"), "EVBus", "P[MW]")
+    vm = pivot(tidy(tmp_path / "free"), "Bus", "Vm[pu]")
+    low = [c for c in ev_free.columns if vm.iloc[0][f"Grid-0.Bus-{int(c.rsplit('-', 1)[1])}"] < 1.015 + 0.01
+           and ev_free.iloc[0][c] > 0]
+    assert low
+    assert sum(ev_loop.iloc[0][c] for c in low) < sum(ev_free.iloc[0][c] for c in low) - 1e-6
+    f = loop["figures"]
+    assert 1 <= f["loop_iterations_max"] < 10 and f["loop_capped_steps"] == 0
+    assert free["figures"]["loop_iterations_max"] is None
+
+
+def test_peak_shaving_lowers_the_transformer_peak(tmp_path):
+    # twelve hours from 18:00: the target is the flat level of their base load plus the EVs' energy
+    top = grid_impact.main(out=str(tmp_path / "peak"), policies="uncontrolled,peak_shaving",
+                           **dict(SMALL, evs=30, steps=48, plots=False))
+    f = top["figures"]
+    assert f["peak_shaving"]["trafo_loading_max_pct"] < f["uncontrolled"]["trafo_loading_max_pct"] - 5.0
+    sub = summary_of(tmp_path / "peak" / "peak_shaving")
+    assert sub["peak_target_kw"] > 0
+    # its reference is the room below the target, from the feeder measured one step before
+    table = tidy(tmp_path / "peak" / "peak_shaving")
+    assert pivot(table, "PeakShaver", "P_ref[MW]").shape[0] == 48
+
+
+def test_policies_are_checked():
+    with pytest.raises(ScenarioError, match="unknown policy 'dcls\\+grud'"):
+        Options.make("grid_impact", policies="dcls+grud")
+    with pytest.raises(ScenarioError, match="coupling must be"):
+        Options.make(coupling="sometimes")
+    assert Options.make("grid_impact").policies == ("uncontrolled", "edf", "dcls", "dcls+grid", "peak_shaving")
+    assert Options.make(method="edf+grid").method == "edf+grid"
 
 
 def test_options_are_checked_before_anything_runs():
