@@ -221,8 +221,8 @@ OPERATOR_PARAMS = (
     "grid",  # the operator's grid: a simbench code or a pandapower JSON file (the same as the Grid's)
     "groups",  # [{"id", "bus", "weight"?, "p_rated_kw"?}]: one BusLimit child each (see operator_groups), or:
     "buses",  # [bus, ...]: one BusLimit child per bus (group id "bus-<b>"; one aggregator only)
-    "v_min", "v_max", "v_margin", "loading_max", "loading_margin", "gain", "coupling", "release_kw",
-    "room_share", "idle_kw",  # see evagg.simulators.operator
+    "v_min", "v_max", "v_margin", "loading_max", "loading_margin", "gain", "min_share", "release_kw",
+    "room_share", "idle_kw", "capability", "memory", "rated_kw",  # see evagg.simulators.operator
 )
 
 OPERATOR_MODELS: dict[str, ModelSpec] = {

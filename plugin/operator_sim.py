@@ -74,8 +74,8 @@ _LIMIT_OUT = _LIMIT.output_attrs
 _SHAVER_IN = _SHAVER.input_attrs
 _SHAVER_OUT = _SHAVER.output_attrs
 _P_EV = _LIMIT.input_attrs["P_ev[MW]"]
-_OP_KW = ("v_min", "v_max", "v_margin", "loading_max", "loading_margin", "gain", "coupling", "release_kw",
-          "room_share", "idle_kw")
+_OP_KW = ("v_min", "v_max", "v_margin", "loading_max", "loading_margin", "gain", "min_share", "release_kw",
+          "room_share", "idle_kw", "capability", "memory", "rated_kw")
 # which grid models may feed which Operator input
 _SOURCES = {"Vm[pu]": ("Bus",), "P[MW]": ("Bus",), "loading[%]": ("Line", "Transformer")}
 # a group's EV power rated per session by operator_groups, kW (a generous charger: a limit above it is no limit)

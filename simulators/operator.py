@@ -28,40 +28,70 @@ non-negative coefficient a[c, g] per group (how much of the headroom one kW of e
   `P` the flow is taken as all active and forward (L_P = L): less room than with them, but blind to reverse flow
   and, with a reactive part, a smaller cut for an overload (cured over more steps).
 
-The headroom of row c is shared between the groups that affect it (participants: a[c, g] >= coupling * max_g
-a[c, g]):
+The headroom of row c is shared between the groups that affect it (participants: a[c, g] >= min_share * max_g
+a[c, g]). Notation: u_g = max(P_g, 0) the group's present EV load, R_g its rating (`p_rated_kw`: what its EVs can
+draw at most; without one rated_kw * w_g, or +inf if rated_kw is None), C_g >= u_g its capability (the most it may
+draw in the next step, `capability`), B_c = gain * h_c the row's budget.
 
-- room (h_c >= 0): in proportion to room weights r_g: alpha_c = gain * h_c / sum_g a[c, g] r_g, and group g may
-  add alpha_c * r_g kW. room_share "load" (default): r_g = max(P_g, 0) + idle_kw * w_g (the groups drawing power,
-  likely to want more, get most; idle_kw per unit of the group's weight w_g, e.g. per session, is kept for groups
-  not drawing yet, so that arriving EVs can start); "weight": r_g = w_g (steadier, but the room kept for idle
-  groups goes unused);
-- a violation (h_c < 0): in proportion to the groups' present EV load u_g = max(P_g, 0), i.e. every participant
-  is cut by the same fraction: alpha_c = gain * h_c / sum_g a[c, g] u_g, and g changes by alpha_c * u_g
-  (participants without load may add nothing).
+1. Release (the row needs no sharing): if h_c >= 0 and sum_g a[c, g] (C_g - u_g) <= B_c, i.e. even every
+   participant going from its present load to its capability at once stays within the row (linearised; h_c
+   already holds the present load), the row bounds nobody. capability "rated" (default): C_g = max(R_g, u_g), the
+   worst case, which keeps the linear guarantee; "learned": C_g = R_g for a group held at its last limit (its EVs
+   drew what it allowed, within max(0.1 kW, 1 %): they may want more), else its recent peak load (the peak of u_g,
+   decaying by exp(-1/memory) per step) but at least idle_kw * w_g, at most R_g: fewer limits, no guarantee (an
+   idle group whose EVs start at once can overshoot the row for a step, until the next step cuts it).
+2. Room (h_c >= 0, not released): B_c is shared in proportion to room weights r_g, but no group beyond its rating
+   (room it could not use goes to the others): group g may add x_cg = min(lam_c r_g, R_g - u_g), lam_c such that
+   sum_g a[c, g] x_cg = B_c. room_share "demand" (default): r_g = m_g + idle_kw * w_g, with m_g the group's recent
+   peak load (as above, memory steps: a group whose EVs paused keeps its share instead of being starved for being
+   idle at the moment; idle_kw per unit of the group's weight w_g, e.g. per session, lets arriving EVs start), and
+   for a group held at its last limit r_g = max(that, R_g) (2 r_g without a rating): the room goes where the EVs
+   press against their limits, so that a group whose EVs must charge grows to its need within a few steps;
+   "load" (the weights before): r_g = u_g + idle_kw * w_g; "weight": r_g = w_g.
+3. A violation (h_c < 0): in proportion to the groups' present EV load, i.e. every participant is cut by the same
+   fraction: alpha_c = gain * h_c / sum_g a[c, g] u_g, and g changes by alpha_c * u_g (participants without load
+   may add nothing).
 
-Each group gets the tightest row: dP_g = min_c alpha_c * (r_g or u_g), and P_max_g = max(P_g + dP_g, 0) (this rule
-never asks EVs to export). Given the participants, the allocation keeps every row in the linear model (sum_g a[c,g]
-dP_g <= gain * h_c). No limit (None) when the group's room is large: dP_g >= 0 and P_max_g >= its `p_rated_kw`
-(what its EVs can draw at most), or dP_g >= `release_kw`.
+Each group gets the tightest row: dP_g = min_c x_cg (or alpha_c u_g; +inf if no row bounds it), and P_max_g =
+max(P_g + dP_g, 0) (this rule never asks EVs to export). Given the participants, every row holds in the linear model
+when every group uses its room (sum_g a[c, g] dP_g <= gain * h_c). No limit (None) when no row bounds the group
+(every row it takes part in is released), or its room is of no use to it: dP_g >= 0 and P_max_g >= R_g, or dP_g >=
+`release_kw`. The operator remembers each group's recent peak and its last limits (one call of `limits` = one
+step, or pass `step` for a same-step loop; `reset()`).
 
 Export (the symmetric rule, P_min): a high voltage (h = (v_max - v_margin) - Vm_b, a = -s[b, g]) and a reverse-flow
-overload (h = (M_l + L_P) / k_l, a = 1 downstream) bound the extra export of the groups (cuts in proportion to the
-present export max(-P_g, 0)); P_min_g = min(P_g - dE_g, 0) (never asks EVs to charge).
+overload (h = (M_l + L_P) / k_l, a = 1 downstream) bound the extra export of the groups, with the same release and
+sharing on the export side (u_g = max(-P_g, 0), the rating R_g taken for export too, a group held at its last
+P_min); P_min_g = min(P_g - dE_g, 0) (never asks EVs to charge).
 
 Parameters (`GridOperator`): v_min 0.95 / v_max 1.05 pu, v_margin 0.01 pu, loading_max 100 %, loading_margin
 10 %, gain 0.8 (<= 1; a droop: dP = gain * headroom / sensitivity; below 1 against overshoot from the
 linearisation and from the other loads moving; with a margin m a violation of depth d below the band is cured in
-one step iff gain * (d + m) >= d, i.e. d <= gain * m / (1 - gain) = 0.04 pu for the defaults), coupling 0.1 (a
-group whose sensitivity to a row is below coupling times the largest one's is left out of that row: in a radial
+one step iff gain * (d + m) >= d, i.e. d <= gain * m / (1 - gain) = 0.04 pu for the defaults), min_share 0.1 (a
+group whose sensitivity to a row is below min_share times the largest one's is left out of that row: in a radial
 LV grid the other feeders, coupled only through the transformer's impedance (about 7 % of a far bus's own
 sensitivity in simbench 1-LV-rural2); their share of that row is then left to the margin; 0 keeps the linear
-guarantee for all groups at the price of coupling all feeders), release_kw (None: only p_rated_kw releases),
-room_share ("load") and idle_kw (2 kW per unit of weight).
+guarantee for all groups at the price of coupling all feeders), release_kw (None: only the rating releases),
+room_share ("demand"), idle_kw (2 kW per unit of weight), capability ("rated"), memory (16 steps: the aggregators'
+horizon in the scenarios) and rated_kw (None: a group without p_rated_kw has no known rating).
+
+Measured (`evagg.scenarios.grid_impact`, the default study: simbench 1-LV-rural2, 60 EVs / 81 sessions in 49 groups
+of 2 aggregators, p_rated_kw 22 kW per session; dcls+grid, seeds 1 / 2 / 3): need unmet 27.0 / 23.3 / 55.0 kWh and
+81 / 65 / 78 steps with a binding limit under the rule before (room_share "load"); 7.9 / 8.4 / 24.0 kWh and 80 / 80
+/ 78 steps with the defaults; 7.6 / 17.0 / 16.4 kWh and 58 / 41 / 53 steps with capability "learned" and idle_kw 1;
+no overload and no voltage violation in any. The release never frees the transformer's row there: its
+participants' ratings (1782 kW; even the EVs plugged in at night, ~480 kW) far exceed its room (at most ~170 kW), so
+with "rated" every group has a limit in every step, and it binds whenever an aggregator wants its power where the
+split did not put it. Sharing in proportion to the capability itself (a common level max(u_g, theta C_g)) did
+worse: 50-190 kWh unmet (the room of groups without EVs plugged in is lost).
 
 Limitations: sensitivities are those of the net's own operating point (the voltage sensitivities of a
 distribution grid change little with load); meshed branches are not monitored; loadings are linearised with the
-reactive part held and without the losses downstream.
+reactive part held and without the losses downstream. The operator sees each group's power only, not which EVs are
+plugged in nor what they need: where a row is shared by many groups (a transformer), its split between them is a
+guess of where the aggregators will want their power, and an aggregator that holds a limit over its horizon plans
+as if a wrong guess were final (departure needs give way). A limit per aggregator on the rows its groups share
+would leave that split to the aggregator.
 """
 from __future__ import annotations
 
@@ -75,11 +105,15 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Group", "GroupLimit", "GridOperator", "measurements_from_net", "ROOM_SHARES"]
+__all__ = ["Group", "GroupLimit", "GridOperator", "measurements_from_net", "ROOM_SHARES", "CAPABILITIES"]
 
-ROOM_SHARES = ("load", "weight")
+ROOM_SHARES = ("demand", "load", "weight")
+CAPABILITIES = ("learned", "rated")
+# a group within this of its last limit (kW, or this share of the limit) is taken as held back by it
+AT_LIMIT_KW, AT_LIMIT_SHARE = 0.1, 0.01
 
 _SQRT3 = math.sqrt(3.0)
+_NO_STEP = object()  # no step given: every call is a step of its own
 
 
 @dataclass(frozen=True)
@@ -155,8 +189,9 @@ class GridOperator:
 
     def __init__(self, net, groups: Sequence, *, v_min: float = 0.95, v_max: float | None = 1.05,
                  v_margin: float = 0.01, loading_max: float = 100.0, loading_margin: float = 10.0,
-                 gain: float = 0.8, coupling: float = 0.1, release_kw: float | None = None,
-                 room_share: str = "load", idle_kw: float = 2.0):
+                 gain: float = 0.8, min_share: float = 0.1, release_kw: float | None = None,
+                 room_share: str = "demand", idle_kw: float = 2.0, rated_kw: float | None = None,
+                 capability: str = "rated", memory: float = 16.0):
         self.v_min = _positive("v_min", v_min)
         self.v_max = None if v_max is None else _positive("v_max", v_max)
         self.v_margin = _positive("v_margin", v_margin, allow_zero=True)
@@ -171,14 +206,20 @@ class GridOperator:
         self.gain = _positive("gain", gain)
         if self.gain > 1:
             raise ValueError(f"GridOperator: gain must be in (0, 1], got {gain!r}")
-        self.coupling = _positive("coupling", coupling, allow_zero=True)
-        if self.coupling >= 1:
-            raise ValueError(f"GridOperator: coupling must be in [0, 1), got {coupling!r}")
+        self.min_share = _positive("min_share", min_share, allow_zero=True)
+        if self.min_share >= 1:
+            raise ValueError(f"GridOperator: min_share must be in [0, 1), got {min_share!r}")
         self.release_kw = None if release_kw is None else _positive("release_kw", release_kw)
         if room_share not in ROOM_SHARES:
             raise ValueError(f"GridOperator: room_share must be one of {', '.join(ROOM_SHARES)}, got {room_share!r}")
         self.room_share = room_share
         self.idle_kw = _positive("idle_kw", idle_kw)
+        self.rated_kw = None if rated_kw is None else _positive("rated_kw", rated_kw)
+        if capability not in CAPABILITIES:
+            raise ValueError(f"GridOperator: capability must be one of {', '.join(CAPABILITIES)}, got "
+                             f"{capability!r}")
+        self.capability = capability
+        self.memory = _positive("memory", memory)
 
         self.grid = None
         if not _is_net(net):
@@ -202,6 +243,7 @@ class GridOperator:
         self.p_rated_kw = np.array([g.p_rated_kw for g in self.groups], dtype=float)
         group_bus = np.array([g.bus for g in self.groups], dtype=np.int64)
         self._setup(net, group_bus)
+        self.reset()
 
     # ----------------------------------------------------------------------------------------------- set-up
 
@@ -375,13 +417,18 @@ class GridOperator:
         return out
 
     def limits(self, p_ev_kw: Mapping[str, float], vm_pu=None, line_loading_pct=None, trafo_loading_pct=None,
-               p_bus_mw=None) -> dict[str, GroupLimit]:
+               p_bus_mw=None, step=None) -> dict[str, GroupLimit]:
         """Each group's limits for the next step from the measured state.
 
         p_ev_kw: {group id: its present net EV power, kW} (every group); vm_pu: {bus: Vm}; line_loading_pct /
         trafo_loading_pct: {index: loading %}; p_bus_mw: {bus: net power, load +} (pandapower's res_bus.p_mw).
         Mappings (dicts or pandas Series) keyed by pandapower index; what is not measured is not constrained
-        (branches that are not monitored are ignored)."""
+        (branches that are not monitored are ignored).
+
+        The operator remembers the groups' recent draw and its last limits (`room_share` "demand", `capability`
+        "learned"): one call is one step of that memory, unless `step` (any hashable, e.g. the time) is given: then
+        calls with the same `step` as the call before are rounds of one step (a same-step loop) and age the memory
+        once. `reset()` forgets it."""
         missing = [g for g in self._index if g not in p_ev_kw]
         if missing:
             raise ValueError(f"GridOperator: no present EV power for group(s) {missing[:5]}")
@@ -425,23 +472,28 @@ class GridOperator:
         a_max = np.vstack([s, a_br])
         h_max = np.r_[h_vlow, h_fwd_kw]
         n_max = np.r_[v_names + " low", br_names]
-        room, bind_max = self._allocate(a_max, h_max, np.maximum(p, 0.0), self._room_weights(p))
+        use, export = np.maximum(p, 0.0), np.maximum(-p, 0.0)
+        self._begin(step)
+        room, bind_max = self._allocate(a_max, h_max, use, self.capability_kw(p, 0), self._room_weights(p, 0))
         if self.v_max is not None:
             h_vhigh = (self.v_max - self.v_margin) - vm[v_ok]
             a_min, h_min = np.vstack([s, a_br]), np.r_[h_vhigh, h_rev_kw]
             n_min = np.r_[v_names + " high", br_names + " reverse"]
         else:
             a_min, h_min, n_min = a_br, h_rev_kw, br_names + " reverse"
-        export_room, bind_min = self._allocate(a_min, h_min, np.maximum(-p, 0.0), self._room_weights(-p))
+        export_room, bind_min = self._allocate(a_min, h_min, export, self.capability_kw(-p, 1),
+                                               self._room_weights(-p, 1))
 
         p_max = np.maximum(p + room, 0.0)
         p_min = np.minimum(p - export_room, 0.0)
-        # released: unbounded, or a room its EVs cannot use (never a cut below the present power)
-        free_max = ~np.isfinite(room) | ((p_max >= self.p_rated_kw) & (room >= 0))
-        free_min = ~np.isfinite(export_room) | ((-p_min >= self.p_rated_kw) & (export_room >= 0))
+        # released: no row bounds it, or a room its EVs cannot use (never a cut below the present power)
+        rating = self.rating_kw
+        free_max = ~np.isfinite(room) | ((p_max >= rating) & (room >= 0))
+        free_min = ~np.isfinite(export_room) | ((-p_min >= rating) & (export_room >= 0))
         if self.release_kw is not None:
             free_max |= room >= self.release_kw
             free_min |= export_room >= self.release_kw
+        self._remember(p, np.where(free_max, np.inf, p_max), np.where(free_min, np.inf, -p_min), step)
         out = {}
         for i, g in enumerate(self.groups):
             out[g.id] = GroupLimit(
@@ -453,33 +505,125 @@ class GridOperator:
             )
         return out
 
-    def _room_weights(self, p_kw: np.ndarray) -> np.ndarray:
-        """The groups' shares of a row's room: their weights, or their present use plus idle_kw per weight."""
-        if self.room_share == "weight":
-            return self.weight
-        return np.maximum(p_kw, 0.0) + self.idle_kw * self.weight
+    # ------------------------------------------------------------------------------------------ the groups' state
 
-    def _allocate(self, a: np.ndarray, h: np.ndarray, used: np.ndarray,
+    @property
+    def rating_kw(self) -> np.ndarray:
+        """Each group's rating (kW): its p_rated_kw, else rated_kw per unit of weight (+inf if rated_kw is None)."""
+        other = np.inf if self.rated_kw is None else self.rated_kw * self.weight
+        return np.where(np.isfinite(self.p_rated_kw), self.p_rated_kw, other)
+
+    def reset(self) -> None:
+        """Forget the groups' history (their recent peaks and the last limits given)."""
+        n = len(self.groups)
+        self._peak = np.zeros((2, n))  # per side (0: load, 1: export): the recent peak (kW, decaying)
+        self._peak_before = self._peak  # the peaks before the current step (a same-step loop restarts from them)
+        self._last = np.full((2, n), np.inf)  # per side: the last limit given (P_max, -P_min; inf: none)
+        self._step = _NO_STEP
+
+    def _held(self, p_kw: np.ndarray, side: int) -> np.ndarray:
+        """The groups at their last limit on this side (held back by it: they may want more)."""
+        last = self._last[side]
+        use = np.maximum(p_kw, 0.0)
+        with np.errstate(invalid="ignore"):
+            return np.isfinite(last) & (use >= last - np.maximum(AT_LIMIT_KW, AT_LIMIT_SHARE * np.abs(last)))
+
+    def capability_kw(self, p_kw: np.ndarray, side: int = 0) -> np.ndarray:
+        """Each group's estimated most in the next step (side 0: draw, p_kw = P; side 1: export, p_kw = -P), kW,
+        at least its present use max(p_kw, 0). "rated": its rating; "learned": its rating where it is held at its
+        last limit, else its recent peak (decaying with `memory`) but at least idle_kw per unit of weight, at most
+        its rating."""
+        use = np.maximum(p_kw, 0.0)
+        rating = self.rating_kw
+        if self.capability == "rated":
+            return np.maximum(rating, use)
+        recent = np.maximum(self._recent_kw(p_kw, side), self.idle_kw * self.weight)
+        est = np.where(self._held(p_kw, side), rating, np.minimum(recent, rating))
+        return np.maximum(est, use)
+
+    def _room_weights(self, p_kw: np.ndarray, side: int) -> np.ndarray:
+        """The groups' weights r_g in the sharing of a row's room (see the module doc)."""
+        if self.room_share == "weight":
+            return self.weight.copy()
+        if self.room_share == "load":
+            return np.maximum(p_kw, 0.0) + self.idle_kw * self.weight
+        r = self._recent_kw(p_kw, side) + self.idle_kw * self.weight
+        rating = self.rating_kw
+        boost = np.where(np.isfinite(rating), np.maximum(r, rating), 2.0 * r)  # held back: up to its rating
+        return np.where(self._held(p_kw, side), boost, r)
+
+    def _recent_kw(self, p_kw: np.ndarray, side: int) -> np.ndarray:
+        """The groups' recent peak use (kW): the peak remembered before this step, decayed by one step, or the
+        present use."""
+        return np.maximum(self._peak_before[side] * math.exp(-1.0 / self.memory), np.maximum(p_kw, 0.0))
+
+    def _begin(self, step) -> None:
+        if step is None or step != self._step:  # a new step (else another round of the same step)
+            self._peak_before = self._peak
+
+    def _remember(self, p_kw: np.ndarray, last_max: np.ndarray, last_export: np.ndarray, step) -> None:
+        self._peak = np.vstack([self._recent_kw(p_kw, 0), self._recent_kw(-p_kw, 1)])
+        self._step = _NO_STEP if step is None else step
+        self._last = np.vstack([last_max, last_export])
+
+    # ------------------------------------------------------------------------------------------------ sharing
+
+    def _allocate(self, a: np.ndarray, h: np.ndarray, used: np.ndarray, cap: np.ndarray,
                   room_w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(room per group, kW (+inf: unbounded; -inf: none at all), the row that set it, -1 if none) for rows
-        sum_g a[c, g] dP_g <= h_c (a >= 0): room shared by the weights, a violation by the present use."""
+        """(room per group, kW (+inf: unbounded), the row that set it, -1 if none) for rows
+        sum_g a[c, g] dP_g <= gain * h_c (a >= 0), for groups that use `used` now and may use `cap` at most."""
         n_g = a.shape[1]
         if a.shape[0] == 0:
             return np.full(n_g, np.inf), np.full(n_g, -1, dtype=np.int64)
         top = a.max(axis=1, keepdims=True)
-        part = (a > 0) & (a >= self.coupling * top)
-        share = np.where(h[:, None] >= 0, room_w[None, :], used[None, :])
-        den = np.where(part, a * share, 0.0).sum(axis=1)
+        part = (a > 0) & (a >= self.min_share * top)
+        ap = np.where(part, a, 0.0)
+        budget = self.gain * h
+        # released rows: room for every participant at its capability
+        with np.errstate(invalid="ignore"):
+            want = np.where(ap > 0, ap * (cap - used)[None, :], 0.0).sum(axis=1)
+        safe = (h >= 0) & (want <= budget * (1 + 1e-12))
+        # room: in proportion to the weights, but no group beyond its rating (what it cannot use goes to others)
+        share = _capped_shares(ap, np.maximum(budget, 0.0), room_w, np.maximum(self.rating_kw - used, 0.0))
         with np.errstate(divide="ignore", invalid="ignore"):
-            alpha = np.where(den > 0, self.gain * h / den, np.where(h >= 0, np.inf, -np.inf))
-            cap = alpha[:, None] * share
-        # a violated row with no present use among its participants: they may add nothing more than -inf..0
-        cap = np.where(np.isnan(cap), 0.0, cap)
-        cap = np.where(part, cap, np.inf)
-        which = np.argmin(cap, axis=0)
-        room = cap[which, np.arange(n_g)]
+            # a violation: every participant cut by the same fraction of its present use
+            den_v = (ap * used[None, :]).sum(axis=1)
+            alpha_v = np.where(den_v > 0, budget / den_v, -np.inf)
+            cut = alpha_v[:, None] * used[None, :]
+        # a violated row with no present use among its participants: they may add nothing (-inf * 0 -> 0)
+        cut = np.where(np.isnan(cut), 0.0, cut)
+        cap_rows = np.where((h >= 0)[:, None], share, cut)
+        cap_rows = np.where(part & ~safe[:, None], cap_rows, np.inf)
+        which = np.argmin(cap_rows, axis=0)
+        room = cap_rows[which, np.arange(n_g)]
         which = np.where(room < np.inf, which, -1)
         return room, which
+
+
+def _capped_shares(a: np.ndarray, budget: np.ndarray, w: np.ndarray, span: np.ndarray) -> np.ndarray:
+    """(R, G): per row c the shares x[c, g] = min(lam_c w_g, span_g) with sum_g a[c, g] x[c, g] = budget_c (a >= 0,
+    budget >= 0, w > 0, span >= 0 or +inf); x = span where even that stays within the budget."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(w > 0, span / w, np.inf)  # the level at which each group is full
+    order = np.argsort(t, kind="stable")
+    t_s, w_s = t[order], w[order]
+    a_s = a[:, order]
+    fin = np.isfinite(t_s)
+    a_span = np.where((a_s > 0) & fin[None, :], a_s * np.where(fin, span[order], 0.0)[None, :], 0.0)
+    full_incl = np.cumsum(a_span, axis=1)  # the room of the groups full up to and including k
+    rest = np.cumsum((a_s * w_s[None, :])[:, ::-1], axis=1)[:, ::-1]  # the weight of the groups from k on
+    with np.errstate(invalid="ignore"):
+        # the room taken at level t_k: the groups before k full, the others at t_k w
+        taken = np.where(fin[None, :], full_incl - a_span + t_s[None, :] * rest, np.inf)
+    k = (taken <= budget[:, None]).sum(axis=1)  # the groups full within the budget (a prefix, taken grows with k)
+    rows = np.arange(a.shape[0])
+    n = a.shape[1]
+    full_k = np.where(k > 0, full_incl[rows, np.maximum(k - 1, 0)], 0.0)
+    rest_k = np.where(k < n, rest[rows, np.minimum(k, n - 1)], 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lam = np.where(rest_k > 0, (budget - full_k) / rest_k, np.inf)
+        x = np.minimum(lam[:, None] * w[None, :], span[None, :])
+    return np.where(np.isnan(x), 0.0, x)
 
 
 def _is_net(obj) -> bool:

@@ -163,6 +163,109 @@ def test_large_headroom_gives_no_limit():
     assert all(r.p_max_kw is None for r in res.values())
 
 
+def test_ample_headroom_gives_no_limit_even_to_groups_idle_now():
+    """Release: where every group at its rating (all at once) stays within every row, nobody gets a limit, idle
+    or not; the power flow with all of them at their ratings agrees."""
+    kw = {"a_km": 0.05, "c_max_i_ka": 0.3}
+    groups = [{**g, "p_rated_kw": 11.0} for g in GROUPS]
+    for ev in ({"a2": 0.0, "c1": 0.0, "c2": 0.0}, {"a2": 0.0, "c1": 6.0, "c2": 0.0}):
+        for share in ("demand", "load", "weight"):
+            res = GridOperator(radial_net(**kw), groups, room_share=share).limits(
+                ev, **measurements_from_net(solved(ev, **kw)))
+            assert all(r.p_max_kw is None and r.p_min_kw is None and r.binding == "" for r in res.values()), share
+            assert all(r.room_kw == math.inf for r in res.values())
+    flat_out = solved({g["id"]: 11.0 for g in groups}, **kw)
+    assert flat_out.res_bus.vm_pu.min() >= 0.96 and flat_out.res_line.loading_percent.max() <= 90.0
+    # the same idle groups with chargers too large for the weak feeder C (60 kW each) do get limits there
+    weak = [{**g, "p_rated_kw": 60.0} for g in GROUPS]
+    ev = {"a2": 0.0, "c1": 0.0, "c2": 0.0}
+    res = GridOperator(radial_net(), weak).limits(ev, **measurements_from_net(solved(ev)))
+    assert res["c1"].binding_max == res["c2"].binding_max == "Line-2"
+    assert 0.0 < res["c1"].p_max_kw < 60.0
+
+
+def _line2_room_kw(net, gain=0.8, limit=90.0):
+    """gain * the headroom of Line-2 (kW) as the module doc defines it (LV-C1; downstream buses C1, C2)."""
+    vm = net.res_bus.vm_pu[C1]
+    k = 100.0 / (math.sqrt(3) * 0.4 * float(net.line.max_i_ka[2]) * vm)  # % per MW
+    load = net.res_line.loading_percent[2]
+    l_p = k * (net.res_bus.p_mw[C1] + net.res_bus.p_mw[C2])
+    m = math.sqrt(limit ** 2 - max(load ** 2 - l_p ** 2, 0.0))
+    return gain * (m - l_p) / k * 1000.0
+
+
+def test_a_row_near_its_limit_is_held_when_every_group_uses_its_room():
+    """Line-2 at 87 % (below the 90 % it is kept to): its room is shared by the groups behind it (one of them idle);
+    used in full, the rooms exactly fill the row in the linear model, and the power flow stays within it, step after
+    step (the groups pressing against their limits get more of the room, the row still holds)."""
+    kw = {"a_km": 0.1}
+    groups = [{**g, "p_rated_kw": 44.0} for g in GROUPS] + [{"id": "c2-idle", "bus": C2, "p_rated_kw": 44.0}]
+    bus = {**BUS, "c2-idle": C2}
+    op = GridOperator(radial_net(**kw), groups)
+    p = {"a2": 2.0, "c1": 10.0, "c2": 40.0, "c2-idle": 0.0}
+
+    def flow(p_kw):
+        net = radial_net(**kw)
+        for gid, v in p_kw.items():
+            pp.create_load(net, bus[gid], p_mw=v / 1000.0)
+        pp.runpp(net, numba=False)
+        return net
+
+    net = flow(p)
+    assert 85.0 < net.res_line.loading_percent[2] < 90.0
+    for step in range(3):
+        res = op.limits(p, **measurements_from_net(net))
+        behind = ("c1", "c2", "c2-idle")
+        assert all(res[g].binding_max == "Line-2" for g in behind)
+        assert res["c2-idle"].p_max_kw > 0.0  # the idle group is not starved
+        rooms = sum(res[g].p_max_kw - p[g] for g in behind)
+        assert rooms == pytest.approx(_line2_room_kw(net), rel=1e-6)  # sum_g a dP_g = gain * h, linearised
+        p = {g: (44.0 if r.p_max_kw is None else r.p_max_kw) for g, r in res.items()}  # everyone at its limit
+        net = flow(p)
+        assert net.res_line.loading_percent[2] <= 90.0 + 0.05, step
+        assert net.res_bus.vm_pu.min() >= 0.96
+
+
+def test_demand_sharing_favours_groups_at_their_limit_and_remembers_paused_ones():
+    kw = {"a_km": 0.1}
+    groups = [{"id": "c1", "bus": C1, "p_rated_kw": 44.0}, {"id": "c2", "bus": C2, "p_rated_kw": 44.0},
+              {"id": "c2b", "bus": C2, "p_rated_kw": 44.0}]
+    bus = {"c1": C1, "c2": C2, "c2b": C2}
+
+    def meas(p_kw):
+        net = radial_net(**kw)
+        for gid, v in p_kw.items():
+            pp.create_load(net, bus[gid], p_mw=v / 1000.0)
+        pp.runpp(net, numba=False)
+        return measurements_from_net(net)
+
+    op = GridOperator(radial_net(**kw), groups)
+    ev = {"c1": 10.0, "c2": 20.0, "c2b": 20.0}
+    first = op.limits(ev, **meas(ev))
+    assert first["c2"].p_max_kw == pytest.approx(first["c2b"].p_max_kw)
+    # c2 draws its limit (held back by it), c2b stays below its own: c2 gets most of the room next
+    ev2 = {"c1": 10.0, "c2": first["c2"].p_max_kw, "c2b": 20.0}
+    nxt = op.limits(ev2, **meas(ev2))
+    assert nxt["c2"].room_kw > 1.5 * nxt["c2b"].room_kw > 0
+    by_load = GridOperator(radial_net(**kw), groups, room_share="load")
+    by_load.limits(ev, **meas(ev))
+    plain = by_load.limits(ev2, **meas(ev2))
+    assert plain["c2"].room_kw < 1.1 * plain["c2b"].room_kw
+
+    # a group whose EVs paused (20 kW a step ago, idle now) keeps a larger share than one never active; a
+    # same-step loop (the same `step`) does not age that memory
+    op = GridOperator(radial_net(**kw), groups)
+    ev = {"c1": 10.0, "c2": 20.0, "c2b": 0.0}
+    op.limits(ev, step=0, **meas(ev))
+    idle = {"c1": 10.0, "c2": 0.0, "c2b": 0.0}
+    again = [op.limits(idle, step=1, **meas(idle)) for _ in range(3)]
+    assert again[0]["c2"].room_kw > 3 * again[0]["c2b"].room_kw > 0
+    assert [r["c2"].room_kw for r in again] == pytest.approx([again[0]["c2"].room_kw] * 3)
+    op.reset()
+    fresh = op.limits(idle, step=2, **meas(idle))
+    assert fresh["c2"].room_kw == pytest.approx(fresh["c2b"].room_kw)
+
+
 def test_limits_are_never_negative_and_unloaded_groups_add_nothing_behind_a_violation():
     ev = {"a2": 60.0, "c1": 0.0, "c2": -5.0}  # c2 exports
     op = GridOperator(radial_net(), [{"id": "a2", "bus": A2}, {"id": "a2-idle", "bus": A2}, *GROUPS[1:]])
@@ -205,9 +308,10 @@ def test_without_bus_powers_the_loading_rule_gives_less_room():
 
 
 @pytest.mark.parametrize("kw, what", [
-    ({"gain": 1.5}, "gain"), ({"gain": 0}, "gain"), ({"v_min": -1}, "v_min"), ({"coupling": 1.0}, "coupling"),
+    ({"gain": 1.5}, "gain"), ({"gain": 0}, "gain"), ({"v_min": -1}, "v_min"), ({"min_share": 1.0}, "min_share"),
     ({"v_min": 1.0, "v_max": 1.01}, "band"), ({"loading_margin": 120.0}, "loading_margin"),
     ({"release_kw": "x"}, "release_kw"), ({"room_share": "fair"}, "room_share"), ({"idle_kw": -1}, "idle_kw"),
+    ({"capability": "psychic"}, "capability"), ({"memory": 0}, "memory"), ({"rated_kw": -1.0}, "rated_kw"),
 ])
 def test_bad_parameters_name_themselves(kw, what):
     with pytest.raises(ValueError, match=what):
