@@ -11,7 +11,6 @@ from evagg.simulators.aggregator import Aggregator, SignalSource, to_datetime64,
 from evagg.simulators.collector import TidyTable, read_table
 from evagg.simulators.dispatch import dispatch
 from evagg.simulators.fleet import Fleet
-from evagg.simulators.problem import Problem
 from evagg.simulators.reference import Reference
 from evagg.simulators.synthetic import synthetic_fleet, synthetic_reference
 
