@@ -183,22 +183,26 @@ class AggregatorSim(mosaik_api_v3.Simulator):
             unknown = set(data) - set(allowed)
             if unknown:
                 raise ValueError(f"AggregatorSim {eid}: unexpected input(s) {sorted(unknown)}")
-            for attr in _LIMITS:
+            for attr in (*_LIMITS, "limit_by"):
                 if attr in data:  # held until changed, source by source
                     self._held.setdefault((eid, attr), {}).update(data[attr])
         bus_limits: dict[str, dict[int, tuple]] = {}
+        limit_by: dict[str, dict[int, str]] = {}
         for eid, (agg_eid, pos) in self.bus_entities.items():
             lo, hi = self._limit(eid, "P_min[MW]", _BUS_INPUTS), self._limit(eid, "P_max[MW]", _BUS_INPUTS)
             if lo is not None or hi is not None:
                 bus = int(self.aggregators[agg_eid].buses[pos])
                 bus_limits.setdefault(agg_eid, {})[bus] = (lo, hi)
+                by = [v for v in self._held.get((eid, "limit_by"), {}).values() if v]
+                if by:
+                    limit_by.setdefault(agg_eid, {})[bus] = str(by[0])
         for eid, agg in self.aggregators.items():
             data = inputs.get(eid, {})
             args = {"p_ref_kw": _INPUTS["P_ref[MW]"].from_mosaik(data.get("P_ref[MW]", {}).values()),
                     "forecast_kw": _INPUTS["P_forecast[MW]"].from_mosaik(data.get("P_forecast[MW]", {}).values()),
                     "p_min_kw": self._limit(eid, "P_min[MW]", _INPUTS),
                     "p_max_kw": self._limit(eid, "P_max[MW]", _INPUTS),
-                    "bus_limits": bus_limits.get(eid)}
+                    "bus_limits": bus_limits.get(eid), "limit_by": limit_by.get(eid)}
             if again and eid in self._args:
                 last = self._args[eid]
                 for a in ("p_ref_kw", "forecast_kw"):  # the step's reference, if not sent again

@@ -44,6 +44,8 @@ class Attr:
         value = self.combine(vals) if self.combine is not None else sum(vals)
         if self.kind is list:
             return [float(v) * self.factor for v in value]
+        if self.kind is str:
+            return str(value)
         return float(value) * self.factor
 
 
@@ -172,6 +174,9 @@ AGGREGATOR_MODELS: dict[str, ModelSpec] = {
                               "changed", factor=MW, combine=min),
             Attr("P_min[MW]", "lower limit on these EVs' net power (the highest of several)", factor=MW,
                  combine=max),
+            Attr("limit_by", "what set P_max (the operator's BusLimit binding, e.g. 'Transformer-0'): the upper "
+                             "limits an aggregator's buses get from the same line or transformer are pooled into "
+                             "one limit on their sum", kind=str, combine=lambda v: v[0]),
         ),
         outputs=(Attr("P[MW]", "net power of these EVs (load convention)", factor=MW),),
     ),

@@ -528,16 +528,24 @@ def connect_operator(world: Any, operator: Any, grid: Any, aggregators: Iterable
         elif c.type in ("Line", "Transformer"):
             world.connect(c, operator, "loading[%]")
     if coupling == "iterative":
-        shift = {"weak": True}  # trigger inputs: no initial data (no limit until the first ones are sent)
+        # trigger inputs: no initial data (no limit until the first ones are sent); limit_by is not a trigger
+        shift = {"weak": True, "initial_data": {"binding": ""}}
     else:
         time_shifted = True if time_shifted is None else time_shifted
         shift = {"time_shifted": time_shifted}
         if time_shifted:  # no limit in the first step (None would leave mosaik without a value to pull, and warn)
-            shift["initial_data"] = {"P_max[MW]": math.inf, "P_min[MW]": -math.inf}
+            shift["initial_data"] = {"P_max[MW]": math.inf, "P_min[MW]": -math.inf, "binding": ""}
     out = {}
     for ev, lim in pairs:
         world.connect(ev, lim, ("P[MW]", "P_ev[MW]"))
-        world.connect(lim, ev, "P_max[MW]", "P_min[MW]", **shift)
+        # with what set the limit, so that the aggregator pools the limits one branch set (see the EVBus model),
+        # where its EVBus model takes it
+        by = [("binding", "limit_by")] if "limit_by" in ev.model_mock.input_attrs else []
+        kw = dict(shift, initial_data={k: v for k, v in shift.get("initial_data", {}).items()
+                                       if k != "binding" or by})
+        if not kw["initial_data"]:
+            kw.pop("initial_data")
+        world.connect(lim, ev, "P_max[MW]", "P_min[MW]", *by, **kw)
         out[ev.full_id] = lim
     return out
 

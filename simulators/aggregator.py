@@ -314,7 +314,7 @@ class Aggregator:
 
     def step(self, k: int | None = None, p_ref_kw: float | None = None, forecast_kw=None,
              p_min_kw: float | None = None, p_max_kw: float | None = None,
-             bus_limits: Mapping | None = None) -> StepResult:
+             bus_limits: Mapping | None = None, limit_by: Mapping | None = None) -> StepResult:
         """Plan over [t_k, t_k + horizon*dt), apply step k, carry the energies; k defaults to the next step.
         Stepping the last step again re-plans it from its start (with new limits, in a same-step loop).
 
@@ -326,6 +326,11 @@ class Aggregator:
         p_min_kw / p_max_kw: grid limits on the fleet's net power in step k, held over the horizon; hard: where
                      they leave departure needs out of reach the needs give way (said, and `needs_lowered_kwh`).
         bus_limits:  {bus: (p_min_kw, p_max_kw)} (either may be None): the same for the EVs at that bus.
+        limit_by:    {bus: what set its P_max} (the operator's row, e.g. "Transformer-0"): the upper limits of
+                     buses set by the same line or transformer (a loading row, on which every EV behind the
+                     branch counts the same) are pooled into one limit on their sum, so that the plan, not the
+                     operator's split, decides which of those EVs take the room. Voltage-set ("Vm ...") limits
+                     stay per bus.
         """
         if k is None:
             k = self.k_next
@@ -389,7 +394,7 @@ class Aggregator:
             if p_min_kw is not None or p_max_kw is not None or bus_limits:
                 at = self.session_bus[idx] if self._bus_pos is not None else None
                 limits = Limits.build(len(idx), h, p_min_kw=p_min_kw, p_max_kw=p_max_kw,
-                                      groups={f"bus {b}": (at == b, lo, hi) for b, (lo, hi) in bus_limits.items()})
+                                      groups=_limit_groups(at, bus_limits, limit_by or {}))
             method = "uncontrolled" if mode == "uncontrolled" else self.method
             res = dispatch(sub, Reference(now, self.step_td, plan_ref), method=method,
                            time_limit_s=self.time_limit_s, problem=problem, limits=limits)
@@ -483,6 +488,23 @@ class Aggregator:
             out.append(self.step(k, p_ref, forecast_kw=fc, p_min_kw=p_min_kw, p_max_kw=p_max_kw,
                                  bus_limits=bus_limits))
         return out
+
+
+def _limit_groups(at: np.ndarray, bus_limits: Mapping, limit_by: Mapping) -> dict:
+    """Limits.build's groups: a row per bus, except that the upper limits set by the same branch (limit_by not a
+    voltage row) become one row over those buses with the sum of their limits."""
+    groups, pools = {}, {}
+    for b, (lo, hi) in bus_limits.items():
+        by = limit_by.get(b, "")
+        if hi is not None and by and not by.startswith("Vm"):
+            pools.setdefault(by, []).append((b, hi))
+            hi = None
+        if lo is not None or hi is not None:
+            groups[f"bus {b}"] = (at == b, lo, hi)
+    for by, members in pools.items():
+        buses = [b for b, _ in members]
+        groups[f"{by} (buses {', '.join(map(str, buses))})"] = (np.isin(at, buses), None, sum(h for _, h in members))
+    return groups
 
 
 def to_datetime64(value) -> np.datetime64:

@@ -357,3 +357,20 @@ def test_the_same_step_again_re_plans_it_from_its_start():
     assert twice.need_unmet_kwh == once.need_unmet_kwh
     with pytest.raises(ValueError, match="one after the other"):
         twice.step(5, 0.0)
+
+
+def test_limits_set_by_one_branch_are_pooled_over_its_buses():
+    """Upper limits that the operator set from the same transformer row are one limit on the buses' sum (the plan
+    splits the room); a voltage-set limit stays on its bus."""
+    fleet = small_fleet()
+    src = SignalSource(regulation(fleet), T0, 900)
+    agg = Aggregator(fleet, T0, 900, horizon=6, method="dcls")
+    b0, b1, b2 = (int(b) for b in agg.buses)
+    pooled_over = 0
+    for k in range(16):
+        res = agg.step(k, src.value(k) * 3, bus_limits={b0: (None, 4.0), b1: (None, 4.0), b2: (None, 2.0)},
+                       limit_by={b0: "Transformer-0", b1: "Transformer-0", b2: "Vm Bus-9 low"})
+        p0, p1, p2 = res.bus_kw
+        assert p0 + p1 <= 8.0 + 1e-6 and p2 <= 2.0 + 1e-6
+        pooled_over += max(p0, p1) > 4.0 + 1e-6  # one bus took more than its own share of the pool
+    assert pooled_over > 0
