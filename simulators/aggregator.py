@@ -31,7 +31,7 @@ import pandas as pd
 
 from .dispatch import dispatch, method_function
 from .fleet import Fleet
-from .limits import Limits
+from .limits import Limits, solver_limits
 from .problem import FEASIBILITY_TOL, Problem
 from .reference import Reference
 
@@ -47,8 +47,8 @@ __all__ = ["Aggregator", "StepResult", "SignalSource", "whole_seconds", "to_date
 DEFAULT_HORIZON = 8
 # Departure need missed by more than this (kWh) counts as unmet (see the departures in `step`).
 NEED_UNMET_KWH = 1e-3
-# A limit counts as binding in a step when the power it bounds is this close to it (kW): the solvers aim a hair
-# inside each bound (limits.solver_limits).
+# A limit counts as binding in a step when the power it bounds is this close (kW) to where the solvers put it (a
+# hair inside the bound, limits.solver_limits).
 LIMIT_BINDING_KW = 1e-2
 
 
@@ -402,8 +402,9 @@ class Aggregator:
             pc0, pd0 = res.pc[:, 0], res.pd[:, 0]
             if limits is not None:
                 net0 = limits.net_kw(res.pc[:, :1], res.pd[:, :1])[:, 0]
-                limited = bool(np.any((net0 >= limits.p_max_kw[:, 0] - LIMIT_BINDING_KW)
-                                      | (net0 <= limits.p_min_kw[:, 0] + LIMIT_BINDING_KW)))
+                aimed = solver_limits(limits, problem)  # where the solvers put the bounds: a hair inside them
+                limited = bool(np.any((net0 >= aimed.p_max_kw[:, 0] - LIMIT_BINDING_KW)
+                                      | (net0 <= aimed.p_min_kw[:, 0] + LIMIT_BINDING_KW)))
                 if lowered > 0:
                     self._say_once("lowered", logging.WARNING,
                                    "%s: at %s the grid limits leave %.6g kWh of departure needs out of reach; the "
