@@ -8,7 +8,6 @@ mosaik world (loopback only).
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import time
 import warnings
@@ -26,35 +25,7 @@ from evagg.simulators.peak_shaving import PeakShaver, flat_level_kw
 
 pp = pytest.importorskip("pandapower")
 
-# buses of the tiny grid
-MV, LV, A1, A2, C1, C2 = range(6)
-
-
-def radial_net(a_km: float = 0.4, c_max_i_ka: float = 0.1):
-    """A fresh copy of `_radial_net`."""
-    return copy.deepcopy(_radial_net(a_km, c_max_i_ka))
-
-
-@functools.lru_cache(maxsize=None)
-def _radial_net(a_km: float, c_max_i_ka: float):
-    """Ext grid - MV bus - 0.4 MVA transformer - LV bus; feeder A: LV-A1-A2 (a_km each, 0.32 ohm/km), feeder C:
-    LV-C1-C2 (50 m each, max c_max_i_ka). A small household load (5 kW) at A1, A2, C1, C2. Lines 0-1: feeder A,
-    2-3: feeder C; transformer 0."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        net = pp.create_empty_network(sn_mva=1.0)
-        for name, vn in (("mv", 20.0), ("lv", 0.4), ("a1", 0.4), ("a2", 0.4), ("c1", 0.4), ("c2", 0.4)):
-            pp.create_bus(net, vn, name=name)
-        pp.create_ext_grid(net, MV, vm_pu=1.0)
-        pp.create_transformer(net, MV, LV, std_type="0.4 MVA 20/0.4 kV")
-        for f, t, km, r, imax in ((LV, A1, a_km, 0.32, 0.27), (A1, A2, a_km, 0.32, 0.27),
-                                  (LV, C1, 0.05, 0.2, c_max_i_ka), (C1, C2, 0.05, 0.2, c_max_i_ka)):
-            pp.create_line_from_parameters(net, f, t, km, r_ohm_per_km=r, x_ohm_per_km=0.08, c_nf_per_km=0.0,
-                                           max_i_ka=imax)
-        for b in (A1, A2, C1, C2):
-            pp.create_load(net, b, p_mw=0.005, q_mvar=0.001)
-    return net
-
+from nets import A2, C1, C2, radial_net  # noqa: E402  (the tiny grid)
 
 GROUPS = [{"id": "a2", "bus": A2}, {"id": "c1", "bus": C1}, {"id": "c2", "bus": C2}]
 BUS = {"a2": A2, "c1": C1, "c2": C2}
@@ -441,7 +412,9 @@ class FakeAggregator(mosaik_api_v3.Simulator):
         return {eid: {"P[MW]": sum(p.values()) if eid == "Aggregator-0" else p[eid]} for eid in outputs}
 
 
-def test_mosaik_world_limits_reach_the_evs_one_step_later(tmp_path):
+def tiny_world(tmp_path):
+    """The tiny grid saved as pandapower JSON, and a world with it (SimbenchGridSim), the stand-in aggregator and
+    the OperatorSim not yet started: (world, path, grid, agg)."""
     path = tmp_path / "tiny.json"
     pp.to_json(radial_net(), str(path))
     world = mosaik.World({"Grid": {"python": "evagg.plugin:SimbenchGridSim"},
@@ -450,6 +423,15 @@ def test_mosaik_world_limits_reach_the_evs_one_step_later(tmp_path):
     try:
         grid = world.start("Grid", step_size=STEP).Grid(grid=str(path))
         agg = world.start("Fake").Aggregator()
+    except BaseException:
+        world.shutdown()
+        raise
+    return world, path, grid, agg
+
+
+def test_mosaik_world_limits_reach_the_evs_one_step_later(tmp_path):
+    world, path, grid, agg = tiny_world(tmp_path)
+    try:
         op_sim = world.start("Op", step_size=STEP)
         groups = operator_groups([agg])
         assert [g["id"] for g in groups] == [f"{agg.sid}.EVBus-0-{b}" for b in SCHEDULE]
@@ -536,14 +518,8 @@ def test_operator_sim_maps_sources_to_grid_elements_and_rejects_others(tmp_path)
 
 
 def test_connect_operator_refuses_an_evbus_without_its_limit(tmp_path):
-    path = tmp_path / "tiny.json"
-    pp.to_json(radial_net(), str(path))
-    world = mosaik.World({"Grid": {"python": "evagg.plugin:SimbenchGridSim"},
-                          "Op": {"python": "evagg.plugin:OperatorSim"}, "Fake": PythonStarter(FakeAggregator)},
-                         debug=False)
+    world, path, grid, agg = tiny_world(tmp_path)
     try:
-        grid = world.start("Grid", step_size=STEP).Grid(grid=str(path))
-        agg = world.start("Fake").Aggregator()
         op = world.start("Op", step_size=STEP).Operator(grid=str(path), buses=[A2])
         with pytest.raises(ValueError, match=rf"EVBus-0-{C2} \(bus {C2}\) has no BusLimit"):
             connect_operator(world, op, grid, [agg])
