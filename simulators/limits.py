@@ -90,6 +90,13 @@ class Limits:
         """(R, T) the net power of each row's EVs."""
         return np.asarray(self.members @ (pc - pd))
 
+    def step_rows(self, ev: np.ndarray, t: np.ndarray, n_steps: int) -> sp.csr_matrix:
+        """(R * n_steps, K): row r * n_steps + s sums the EV-steps k = (ev[k], t[k]) of row r's members at step s,
+        the map from a solver's plugged EV-step variables to the limited powers."""
+        mk = self.members[:, ev].tocoo()
+        return sp.csr_matrix((mk.data, (mk.row * n_steps + t[mk.col], mk.col)),
+                             shape=(self.n_rows * n_steps, len(ev)))
+
     def excess_kw(self, pc: np.ndarray, pd: np.ndarray) -> np.ndarray:
         """(R, T) how far each row is above its P_max (> 0) or below its P_min (< 0); 0 within its bounds."""
         net = self.net_kw(pc, pd)
@@ -212,17 +219,7 @@ def _lp(problem, objective: str, p_ref_kw=None, limits: Limits | None = None):
     b_ub.append(-problem.need_end[evs_last])
     if R:
         # row r, step t: sum over members plugged at t of (pc - pd)
-        mem = limits.members.tocsc()
-        m_rows, m_ev = mem.nonzero()
-        # pair every member entry with the EV's plugged steps
-        starts = np.searchsorted(ev, m_ev)
-        ends = np.searchsorted(ev, m_ev, side="right")
-        counts = ends - starts
-        rep_rows = np.repeat(m_rows, counts)
-        offsets = np.cumsum(counts) - counts
-        ks = np.arange(int(counts.sum())) - np.repeat(offsets, counts) + np.repeat(starts, counts)
-        row_id = rep_rows * T + t[ks]
-        S = sp.csr_matrix((np.ones(len(ks)), (row_id, ks)), shape=(R * T, K))
+        S = limits.step_rows(ev, t, T)
         net = sp.hstack([S, -S, sp.csr_matrix((R * T, n_var - 2 * K))]).tocsr()
         hi, lo = limits.p_max_kw.ravel(), limits.p_min_kw.ravel()
         up, dn = np.flatnonzero(np.isfinite(hi)), np.flatnonzero(np.isfinite(lo))

@@ -127,15 +127,14 @@ def _limit_rows(problem: Problem, ev: np.ndarray, t: np.ndarray, n: int, ipc: in
     exact = problem.limits
     aimed = solver_limits(exact, problem)
     T = problem.n_steps
-    mk = exact.members[:, ev].tocoo()  # (R, K): which limit rows each plugged EV-step counts in
-    r_k, k_k, w_k = mk.row, mk.col, mk.data
-    t_k = t[k_k]
-    finite = np.isfinite(exact.p_min_kw[r_k, t_k]) | np.isfinite(exact.p_max_kw[r_k, t_k])
-    r_k, k_k, w_k, t_k = r_k[finite], k_k[finite], w_k[finite], t_k[finite]
+    S = exact.step_rows(ev, t, T)  # (R*T, K): the plugged EV-steps each (row, step) sums
+    finite = (np.isfinite(exact.p_min_kw) | np.isfinite(exact.p_max_kw)).ravel()
     # A (row, step) without a plugged member has no variable: nothing any dispatch could change, so no row.
-    keys, row_of = np.unique(r_k * T + t_k, return_inverse=True)
+    keys = np.flatnonzero(finite & (S.getnnz(axis=1) > 0))
     m = len(keys)
-    G = sp.csc_matrix((np.r_[w_k, -w_k], (np.r_[row_of, row_of], np.r_[ipc + k_k, ipd + k_k])), shape=(m, n))
+    S = S[keys]
+    G = sp.hstack([sp.csc_matrix((m, ipc)), S, sp.csc_matrix((m, ipd - ipc - S.shape[1])), -S,
+                   sp.csc_matrix((m, n - ipd - S.shape[1]))]).tocsc()
     rr, tt = keys // T, keys % T
     h_l, h_u = aimed.p_min_kw[rr, tt], aimed.p_max_kw[rr, tt]
     with np.errstate(invalid="ignore"):  # inf - inf where a side has no bound: no margin there
