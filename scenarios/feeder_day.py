@@ -163,10 +163,13 @@ def build_world(opts: Options, policy: str, out: Path, aggs: list[dict], on_step
                                  **({"coupling": "iterative"} if iterative else {}))
                 world.connect(op, table, *OPERATOR_OUTPUTS, *(["iterations", "capped"] if iterative else []))
                 entities["operator"] = op
+        shaver_sim = None
         for a, agg in zip(aggs, entities["aggregators"]):
             sessions = str((out / a["sessions"]).resolve())
             if pol.reference == "peak_shaving":
-                sig = _peak_shaver(world, opts, grid, agg, entities["aggregators"], a["evs"] / opts.evs,
+                if shaver_sim is None:  # one simulator for the aggregators' shavers
+                    shaver_sim = world.start("Operator", step_size=step, start_date=start)
+                sig = _peak_shaver(world, shaver_sim, grid, agg, entities["aggregators"], a["evs"] / opts.evs,
                                    peak_target_kw, fsteps)
             elif a["signal"] is not None:
                 sig = ref_sim.Signal(path=str((out / a["signal"]).resolve()), forecast_steps=fsteps,
@@ -188,14 +191,13 @@ def build_world(opts: Options, policy: str, out: Path, aggs: list[dict], on_step
     return world, entities
 
 
-def _peak_shaver(world, opts: Options, grid, agg, fleet: list, share: float, target_kw: float, fsteps: int):
+def _peak_shaver(world, sim, grid, agg, fleet: list, share: float, target_kw: float, fsteps: int):
     """A PeakShaver for `agg`: its share of the room below `target_kw` on the feeder (the transformer's P_hv, or the
     external grid's P), measured one step before."""
     from evagg.plugin import connect_peak_shaver
 
     feeder = next((c for c in grid.children if c.type == "Transformer"), None) or next(
         c for c in grid.children if c.type == "ExternalGrid")
-    sim = world.start("Operator", step_size=opts.step_s, start_date=opts.start.replace("T", " "))
     shaver = sim.PeakShaver(target=target_kw / 1000.0, share=share, forecast_steps=fsteps)
     connect_peak_shaver(world, shaver, feeder, agg, fleet)
     return shaver
