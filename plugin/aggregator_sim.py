@@ -89,7 +89,7 @@ class AggregatorSim(mosaik_api_v3.Simulator):
             eid = f"Aggregator-{n}"
             agg = self._build(eid, i, num, params)
             self.aggregators[eid] = agg
-            counts = np.bincount(agg._bus_pos, minlength=len(agg.buses)) if agg._bus_pos is not None else []
+            counts = agg.sessions_per_bus
             children = []
             for pos, bus in enumerate(agg.buses):
                 ceid = f"EVBus-{n}-{int(bus)}"

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import mosaik_api_v3
 from mosaik_api_v3.types import CreateResult, InputData, OutputData, OutputRequest, SimId, Time
 
-from evagg.simulators.aggregator import to_datetime64
+from evagg.simulators.times import to_datetime64
 from evagg.simulators.collector import TidyTable
 
 from .common import check_params

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from evagg.simulators.aggregator import to_datetime64, whole_seconds
+from evagg.simulators.times import to_datetime64, whole_seconds
 
 log = logging.getLogger("evagg.plugin")
 

@@ -31,7 +31,7 @@ import copy
 from mosaik_components.pandapower.simulator import META as _PP_META
 from mosaik_components.pandapower.simulator import Simulator
 
-from evagg.simulators.aggregator import to_datetime64
+from evagg.simulators.times import to_datetime64
 from evagg.simulators.grids import Feeder, load_grid
 
 from .meta import GRID_MODELS, GRID_PARAMS, same_step_meta

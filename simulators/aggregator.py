@@ -27,43 +27,27 @@ from dataclasses import dataclass, replace
 from typing import Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
-from .dispatch import dispatch, method_function
+from .dispatch import dispatch, method_info
 from .fleet import Fleet
 from .limits import Limits, solver_limits
 from .problem import FEASIBILITY_TOL, Problem
 from .reference import Reference
+from .times import to_datetime64, whole_seconds
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Aggregator", "StepResult", "SignalSource", "whole_seconds", "to_datetime64", "DEFAULT_HORIZON"]
+__all__ = ["Aggregator", "StepResult", "SignalSource", "DEFAULT_HORIZON"]
 
-# Steps planned ahead by default. Measured here (2 shared cores; synthetic fleets, 15-min steps, one day from noon,
-# persistence forecast): with 1,000 EVs (about 650 plugged in at once) dchr costs ~45 ms per re-dispatch at 8 steps
-# and ~160 ms at 16, for the same tracking (RMSE 3.0x the batch dispatch's either way); dcls ~0.8 s at 8 steps.
-# A longer horizon pays off only with a good forecast (exact future: 1.9x at 8 steps, 1.2x at 16, 1.0x over the
-# whole remaining period).
-DEFAULT_HORIZON = 8
+# Steps planned ahead by default (4 h at 15 min), for the plugin and the scenarios alike. A longer horizon pays off
+# with a good forecast (measured with the exact future: RMSE 1.9x the batch dispatch's at 8 steps, 1.2x at 16, 1.0x
+# over the whole remaining period); with persistence 8 and 16 track alike.
+DEFAULT_HORIZON = 16
 # Departure need missed by more than this (kWh) counts as unmet (see the departures in `step`).
 NEED_UNMET_KWH = 1e-3
 # A limit counts as binding in a step when the power it bounds is this close (kW) to where the solvers put it (a
 # hair inside the bound, limits.solver_limits).
 LIMIT_BINDING_KW = 1e-2
-
-
-def whole_seconds(value, what: str = "step") -> int:
-    """`value` seconds as a positive int, or a ValueError saying why not (e.g. a step of 0.5 s)."""
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{what} must be a positive whole number of seconds, got {value!r}") from None
-    if not np.isfinite(v):
-        raise ValueError(f"{what} must be a positive whole number of seconds, got {value!r}")
-    r = round(v)
-    if r <= 0 or abs(v - r) > 1e-9 * max(1.0, abs(v)):
-        raise ValueError(f"{what} must be a positive whole number of seconds, got {value!r} s")
-    return int(r)
 
 
 @dataclass
@@ -210,7 +194,7 @@ class Aggregator:
             if end_s <= 0 or end_s % self.step_s:
                 raise ValueError(f"end {end} must be a step boundary after the start {self.start}")
             self.end_k = end_s // self.step_s
-        method_function(method)  # a clear error for an unknown method, now rather than at the first step
+        method_info(method)  # a clear error for an unknown method, now rather than at the first step
         self.method = method
         self.time_limit_s = None if time_limit_s is None else float(time_limit_s)
         if isinstance(forecast, Reference):
@@ -293,6 +277,13 @@ class Aggregator:
                 raise ValueError(f"bus of session {fleet.ev_id[i]} must be a non-negative integer, got {v!r}")
             out[i] = int(float(v))
         return out
+
+    @property
+    def sessions_per_bus(self) -> np.ndarray:
+        """(n_buses,) how many of the fleet's sessions plug in at each bus of `buses` (empty without buses)."""
+        if self._bus_pos is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.bincount(self._bus_pos, minlength=len(self.buses))
 
     def time_of(self, k: int) -> np.datetime64:
         return self.start + self.step_td * int(k)
@@ -506,24 +497,3 @@ def _limit_groups(at: np.ndarray, bus_limits: Mapping, limit_by: Mapping) -> dic
         buses = [b for b, _ in members]
         groups[f"{by} (buses {', '.join(map(str, buses))})"] = (np.isin(at, buses), None, sum(h for _, h in members))
     return groups
-
-
-def to_datetime64(value) -> np.datetime64:
-    """A time (ISO 8601 text, datetime, pandas or numpy time) as naive UTC datetime64[s] (the tables' rule:
-    an offset is converted to UTC); a fraction of a second is an error."""
-    if isinstance(value, np.datetime64):
-        out = value.astype("datetime64[s]")
-        if out != value:
-            raise ValueError(f"times must be whole seconds, got {value}")
-        return out
-    try:
-        ts = pd.Timestamp(value)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"not a time (ISO 8601 expected): {value!r}") from exc
-    if ts is pd.NaT:
-        raise ValueError(f"not a time (ISO 8601 expected): {value!r}")
-    if ts.tzinfo is not None:
-        ts = ts.tz_convert("UTC").tz_localize(None)
-    if ts != ts.floor("s"):
-        raise ValueError(f"times must be whole seconds, got {value!r}")
-    return np.datetime64(ts.to_datetime64(), "s")

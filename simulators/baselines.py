@@ -51,9 +51,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dispatch import MethodOutput
 from .limits import Limits
 from .problem import Problem
+from .results import MethodOutput
 
 # A row's sum may differ from its bound by float rounding of the sums only (kW).
 LIMIT_EXACT_KW = 1e-9

@@ -24,13 +24,14 @@ integer.py). The first relaxation's dual gives a proven lower bound on the track
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
+from .integer import dispatch_by_cuts
 from .limits import solver_limits
 from .problem import Problem
+from .results import RelaxedSolution, idle_solution
 
 # Tie-breakers that pick, among equal-SSE optima, one without simultaneous charge and discharge and with the
 # power spread evenly: a throughput cost eps*(pc+pd) and a tiny ridge rho*(pc^2+pd^2) (kW-based, unscaled).
@@ -48,24 +49,6 @@ STAGNATION_ITERATIONS = 3  # ... and once that accurate, stop when the merit has
 WARM_MARGIN = 1e-2  # how far a warm start is pushed back into the interior (slacks relative to their scale, multipliers)
 PRIMAL_REG = 1e-4  # the Newton matrix's primal regularisation, relative to the aggregate coupling (see _factor)
 _CHUNK_ELEMENTS = 1 << 21  # EVs x steps^2 per dense block batch (16 MiB of float64)
-
-
-@dataclass
-class RelaxedSolution:
-    pc: np.ndarray  # (N, T)
-    pd: np.ndarray
-    lower_bound: float  # kW^2, proven for the relaxation with these mode restrictions
-    iterations: int
-    converged: bool
-    message: str = ""
-    multipliers: np.ndarray | None = None  # (5, N, T) of the five row kinds, for warm starts
-    limit_multipliers: np.ndarray | None = None  # (2, R, T) of the grid limit rows (lower, upper), if any
-
-
-def idle_solution(problem: Problem, p_ref: np.ndarray) -> RelaxedSolution:
-    """No EV can draw or inject power in this horizon: the dispatch is all zeros and its SSE is optimal."""
-    zeros = np.zeros((problem.n_evs, problem.n_steps))
-    return RelaxedSolution(pc=zeros, pd=zeros.copy(), lower_bound=float(p_ref @ p_ref), iterations=0, converged=True)
 
 
 class _Layout:
@@ -358,7 +341,7 @@ class RelaxedQP:
         answer on the same (N, T) grid (the last round's, or a shifted previous plan)."""
         lay, k = self.lay, self.kappa
         if lay.n == 0:
-            return idle_solution(self.problem, self.p_ref)
+            return idle_solution(self.problem.n_evs, self.p_ref)
         hc_full = self.can_c if has_c is None else (has_c & self.can_c)
         hd_full = self.can_d if has_d is None else (has_d & self.can_d)
         self.hc = lay.to_layout(hc_full, False).astype(bool)
@@ -529,8 +512,6 @@ def solve_dcls(problem: Problem, p_ref_kw: np.ndarray, *, time_limit_s: float | 
                start: RelaxedSolution | None = None):
     """DC-LS dispatch: the decomposed relaxation, then disjunctive cuts until integer-feasible. `start`: a relaxed
     answer on this problem's grid to warm-start from (see `shifted`)."""
-    from .integer import dispatch_by_cuts
-
     return dispatch_by_cuts(problem, p_ref_kw, RelaxedQP(problem, p_ref_kw), time_limit_s, start=start)
 
 

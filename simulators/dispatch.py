@@ -1,54 +1,53 @@
 """One entry point for every dispatch method: `dispatch(fleet, reference, method=...)`.
 
-Each method is a function `solve(problem, p_ref_kw, *, time_limit_s) -> MethodOutput`. This module times it,
+Each method is a function `solve(problem, p_ref_kw, *, time_limit_s) -> MethodOutput`, listed in `METHODS`
+with what it is (a rule or an optimiser, whether it takes a warm start). This module times it,
 checks its answer against every constraint of the spec, falls back to a feasible dispatch when a solver fails,
 times out or returns something infeasible (and says so), and computes the metrics.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from .baselines import solve_edf, solve_round_robin, solve_uncontrolled
+from .dcls import solve_dcls
+from .exact import solve_exact
 from .fleet import Fleet
 from .limits import Limits, reconcile, tracking_lp
 from .problem import FEASIBILITY_TOL, Problem, make_feasible
 from .reference import Reference
+from .relaxation import solve_dchr
+from .results import MethodOutput, RelaxedSolution
 
 log = logging.getLogger(__name__)
 
-# The methods that are dispatch rules rather than optimisers: under grid limits they keep the limits and meet the
-# needs as far as their rule then does (an optimiser first lowers the needs as little as possible, `reconcile`).
-RULES = ("uncontrolled", "edf", "round_robin")
 
-# method name -> "module:function" (imported on first use, so that e.g. pyomo loads only for `exact`)
+@dataclass(frozen=True)
+class Method:
+    """A dispatch method: its solve function and what kind of method it is."""
+
+    solve: Callable[..., MethodOutput]  # solve(problem, p_ref_kw, *, time_limit_s[, start]) -> MethodOutput
+    rule: bool = False  # a dispatch rule, not an optimiser: under grid limits it keeps the limits and meets the
+    # needs as far as its rule then does (an optimiser first lowers the needs as little as possible, `reconcile`)
+    warm_start: bool = False  # takes `start=` a relaxed answer on the problem's grid (see dcls.shifted)
+    description: str = ""
+
+
 METHODS = {
-    "exact": "exact:solve_exact",
-    "dchr": "relaxation:solve_dchr",
-    "dcls": "dcls:solve_dcls",
-    "uncontrolled": "baselines:solve_uncontrolled",
-    "edf": "baselines:solve_edf",
-    "round_robin": "baselines:solve_round_robin",
+    "dcls": Method(solve_dcls, warm_start=True, description="decomposition-coordination least squares"),
+    "dchr": Method(solve_dchr, description="the hull relaxation as one sparse QP (PIQP)"),
+    "exact": Method(solve_exact, description="the MIQP by SCIP"),
+    "uncontrolled": Method(solve_uncontrolled, rule=True, description="charge flat out on arrival"),
+    "edf": Method(solve_edf, rule=True, description="earliest deadline first"),
+    "round_robin": Method(solve_round_robin, rule=True, description="proportional share"),
 }
-
-
-@dataclass
-class MethodOutput:
-    """What a method returns: (N, T) charge and discharge powers in kW, and how it got there."""
-
-    pc: np.ndarray
-    pd: np.ndarray
-    status: str = "optimal"  # optimal | feasible | time_limit | fallback | failed
-    message: str = ""
-    iterations: int = 0
-    lower_bound: float | None = None  # kW^2, a proven lower bound on the tracking SSE of any feasible dispatch
-    mip_gap: float | None = None  # relative gap proven by the exact solver
-    relaxed: object | None = None  # dcls: the relaxation's answer, to warm-start a re-plan (see dcls.shifted)
 
 
 @dataclass
@@ -69,7 +68,8 @@ class DispatchResult:
     lower_bound: float | None
     mip_gap: float | None
     violations: dict = field(default_factory=dict)
-    relaxed: object | None = None
+    relaxed: RelaxedSolution | None = None
+    relaxed_solves: int = 0  # how often the relaxation was solved (first solve and mode-fixing rounds)
     needs_lowered_kwh: float = 0.0  # departure needs given up because the grid limits left them out of reach
 
     @property
@@ -137,13 +137,12 @@ class DispatchResult:
         return json.dumps(self.summary(), sort_keys=False)
 
 
-def method_function(method: str):
+def method_info(method: str) -> Method:
+    """The registry's entry of `method`, or a ValueError naming the methods there are."""
     try:
-        target = METHODS[method]
+        return METHODS[method]
     except KeyError:
         raise ValueError(f"unknown dispatch method {method!r}; choose one of {', '.join(METHODS)}") from None
-    module, func = target.split(":")
-    return getattr(importlib.import_module(f"{__package__}.{module}"), func)
 
 
 def dispatch(
@@ -165,7 +164,7 @@ def dispatch(
     limits.py). Where they leave departure needs out of reach, the needs give way (grid first): the result's
     `needs_lowered_kwh` and `message` say by how much.
     """
-    solve = method_function(method)
+    info = method_info(method)
     if problem is None:
         problem = Problem.build(fleet, reference.start, reference.step, reference.n_steps)
     if limits is not None:
@@ -174,14 +173,14 @@ def dispatch(
     t0 = time.perf_counter()
     asked = problem
     limit_note = ""
-    if problem.limits is not None and method not in RULES \
+    if problem.limits is not None and not info.rule \
             and any(problem.violations(*_uncontrolled(problem)).values()):
         # The limits may conflict with the needs (a curtailed uncontrolled charger does not meet them all):
         # settle it by the grid-first rule before an optimiser runs, giving up as little need as possible.
         problem, limit_note = reconcile(problem)
     try:
-        options = {"start": warm_start} if warm_start is not None and method == "dcls" else {}
-        out = solve(problem, p_ref, time_limit_s=time_limit_s, **options)
+        options = {"start": warm_start} if warm_start is not None and info.warm_start else {}
+        out = info.solve(problem, p_ref, time_limit_s=time_limit_s, **options)
     except Exception as exc:  # a solver must never crash the caller: fall back and say why
         log.exception("dispatch method %s failed", method)
         out = _fallback(problem, p_ref, f"{method} failed ({type(exc).__name__}: {exc})")
@@ -189,7 +188,7 @@ def dispatch(
         out = _fallback(problem, p_ref, f"{method} returned non-finite powers")
     pc, pd = out.pc, out.pd
     violations = problem.violations(pc, pd)
-    if problem.limits is not None and method in RULES and violations["departure_need_unmet"] \
+    if problem.limits is not None and info.rule and violations["departure_need_unmet"] \
             and sum(violations.values()) == violations["departure_need_unmet"]:
         # A rule keeps the limits first and meets the needs as far as it then can: what it left is its shortfall.
         e_dep = problem.energy_at_departure(problem.energy(pc, pd))
@@ -215,13 +214,12 @@ def dispatch(
         problem=problem, ev_id=fleet.ev_id, p_ref_kw=p_ref, pc=pc, pd=pd, energy=problem.energy(pc, pd),
         method=method, status=out.status, message=out.message, solve_time_s=elapsed, iterations=out.iterations,
         lower_bound=out.lower_bound, mip_gap=out.mip_gap, violations=violations, relaxed=out.relaxed,
+        relaxed_solves=out.relaxed_solves,
         needs_lowered_kwh=float(np.sum(asked.need_end - problem.need_end)),
     )
 
 
 def _uncontrolled(problem: Problem):
-    from .baselines import solve_uncontrolled
-
     out = solve_uncontrolled(problem)
     return out.pc, out.pd
 
@@ -229,8 +227,6 @@ def _uncontrolled(problem: Problem):
 def _fallback(problem: Problem, p_ref: np.ndarray, message: str) -> MethodOutput:
     """A feasible dispatch when a method failed: uncontrolled charging (curtailed by the limits, if any), or, where
     that breaks a limit or a need, the L1 tracking LP's answer (feasible by construction)."""
-    from .baselines import solve_uncontrolled
-
     out = solve_uncontrolled(problem, p_ref)
     out.status, out.message = "fallback", message + "; fell back to uncontrolled"
     if problem.limits is not None and any(problem.violations(out.pc, out.pd).values()):

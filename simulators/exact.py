@@ -26,10 +26,10 @@ import time
 
 import numpy as np
 
-from .dispatch import MethodOutput
-from .integer import tracking_sse
+from .baselines import solve_edf, solve_round_robin
 from .limits import LIMIT_TOL, solver_limits
 from .problem import Problem, make_feasible
+from .results import MethodOutput, tracking_sse
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +230,6 @@ def _solve_exact(problem, p_ref_kw, time_limit_s, mip_gap, t_start) -> MethodOut
 def _best_baseline(problem: Problem, p_ref: np.ndarray) -> MethodOutput:
     """(name, output) of the better tracking of EDF and round robin; both hold the grid limits of `problem` where
     the EVs can."""
-    from .baselines import solve_edf, solve_round_robin
-
     outs = [("edf", solve_edf(problem, p_ref)), ("round_robin", solve_round_robin(problem, p_ref))]
     # A rule that could not hold a limit (status "failed") only if neither could.
     return min(outs, key=lambda o: (o[1].status == "failed", tracking_sse(o[1].pc, o[1].pd, p_ref)))

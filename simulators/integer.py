@@ -15,6 +15,7 @@ import numpy as np
 
 from .limits import LIMIT_TOL
 from .problem import Problem, make_feasible
+from .results import MethodOutput, tracking_sse
 
 # A relaxed EV-step counts as "in both modes" above this (kW); below it, netting moves energy by < 1e-4 kWh.
 CONFLICT_KW = 1e-4
@@ -31,11 +32,6 @@ ROUNDS_BUDGET_EV_STEPS = 1_000_000
 # 0.2-2%). Beyond PORTFOLIO_MAX_EV_STEPS plugged EV-steps only the first is tried, to keep large fleets fast.
 ROUNDING_RULES = ("net", "share")
 PORTFOLIO_MAX_EV_STEPS = 100_000
-
-
-def tracking_sse(pc: np.ndarray, pd: np.ndarray, p_ref: np.ndarray) -> float:
-    """sum_t (sum_i (pc - pd) - p_ref)^2, kW^2."""
-    return float(np.sum(((pc - pd).sum(axis=0) - p_ref) ** 2))
 
 
 def cut_and_fix(problem: Problem, p_ref: np.ndarray, solve_relaxed, max_rounds: int = 100,
@@ -119,8 +115,6 @@ def dispatch_by_cuts(problem: Problem, p_ref_kw: np.ndarray, relaxation, time_li
                      start=None):
     """A method's whole run: `relaxation.solve(has_c, has_d, deadline=...)` inside mode-fixing rounds, and the
     status it has earned: optimal only when the integer-feasible SSE meets the relaxation's proven bound."""
-    from .dispatch import MethodOutput
-
     deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
     p_ref = np.asarray(p_ref_kw, dtype=float)
     iterations = 0
@@ -143,4 +137,4 @@ def dispatch_by_cuts(problem: Problem, p_ref_kw: np.ndarray, relaxation, time_li
     else:
         status = "feasible"
     return MethodOutput(pc=pc, pd=pd, status=status, message="; ".join(notes), iterations=iterations,
-                        lower_bound=bound, relaxed=first)
+                        lower_bound=bound, relaxed=first, relaxed_solves=rounds)

@@ -19,18 +19,21 @@ problem with the exact limits.
 """
 from __future__ import annotations
 
+import multiprocessing as mp
+
 import numpy as np
+import piqp
 import scipy.sparse as sp
 
-from .dcls import RelaxedSolution, idle_solution
+from .dcls import solve_dcls
+from .integer import dispatch_by_cuts
 from .limits import solver_limits
 from .problem import Problem
+from .results import RelaxedSolution, idle_solution
 
 
 class CentralQP:
     def __init__(self, problem: Problem, p_ref_kw: np.ndarray):
-        import piqp
-
         self.problem = problem
         self.p_ref = np.asarray(p_ref_kw, dtype=float)
         T = problem.n_steps
@@ -91,7 +94,7 @@ class CentralQP:
         # `start` is accepted for the common interface; PIQP re-uses its set-up but starts each solve afresh.
         K, ev, t = self.K, self.ev, self.t
         if K == 0:
-            return idle_solution(self.problem, self.p_ref)
+            return idle_solution(self.problem.n_evs, self.p_ref)
         x_u = self.x_u_full.copy()
         if has_c is not None:
             x_u[:K] = np.where(has_c[ev, t], x_u[:K], 0.0)
@@ -153,8 +156,6 @@ class _WorkerQP:
     """CentralQP in a child process (fork), driven round by round over a pipe."""
 
     def __init__(self, problem: Problem, p_ref_kw: np.ndarray):
-        import multiprocessing as mp
-
         ctx = mp.get_context("fork")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve, args=(child, problem, p_ref_kw), daemon=True)
@@ -186,15 +187,11 @@ def _serve(conn, problem, p_ref_kw):
 
 def solve_dchr(problem: Problem, p_ref_kw: np.ndarray, *, time_limit_s: float | None = None):
     """DCHR dispatch: the central hull relaxation (PIQP), then mode-fixing rounds until integer-feasible."""
-    from .integer import dispatch_by_cuts
-
     ev_steps = int(problem.plugged.sum())
     qp_class = CentralQP if ev_steps <= IN_PROCESS_MAX_EV_STEPS else _WorkerQP
     try:
         return dispatch_by_cuts(problem, p_ref_kw, qp_class(problem, p_ref_kw), time_limit_s)
     except RuntimeError as exc:  # the PIQP worker died: the same relaxation, decomposed, is the next best answer
-        from .dcls import solve_dcls
-
         out = solve_dcls(problem, p_ref_kw, time_limit_s=time_limit_s)
         out.status, out.message = "fallback", f"dchr failed ({exc}); solved by dcls instead"
         return out

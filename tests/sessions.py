@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 
 from evagg.simulators.fleet import Fleet
-from evagg.simulators.integer import tracking_sse
+from evagg.simulators.results import tracking_sse
 from evagg.simulators.problem import Problem
 from evagg.simulators.tables import validate_sessions
 

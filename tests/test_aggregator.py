@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evagg.simulators.aggregator import Aggregator, SignalSource, to_datetime64, whole_seconds
+from evagg.simulators.aggregator import Aggregator, SignalSource
+from evagg.simulators.times import to_datetime64, whole_seconds
 from evagg.simulators.collector import TidyTable, read_table
 from evagg.simulators.dispatch import dispatch
 from evagg.simulators.fleet import Fleet

@@ -165,8 +165,7 @@ def test_a_failing_solver_falls_back_to_a_feasible_dispatch(fleet50, reference50
     def broken(problem, p_ref, *, time_limit_s=None):
         raise RuntimeError("solver exploded")
 
-    monkeypatch.setitem(dispatch_module.METHODS, "broken", "dcls:solve_dcls")
-    monkeypatch.setattr("evagg.simulators.dcls.solve_dcls", broken)
+    monkeypatch.setitem(dispatch_module.METHODS, "broken", dispatch_module.Method(broken))
     res = dispatch(fleet50, reference50, "broken")
     assert res.status == "fallback"
     assert "solver exploded" in res.message
