@@ -91,10 +91,13 @@ class DispatchResult:
 
     @property
     def gap_to_bound(self) -> float | None:
-        """Relative excess of the SSE over the lower bound (None where no bound was computed)."""
+        """Relative excess of the SSE over the lower bound (None where no bound was computed): (SSE - bound) /
+        bound, where a bound below one millionth of the reference's own square sum counts as that much (the SSE of
+        following a signal to a few watts is noise around 0, not a relative gap)."""
         if self.lower_bound is None:
             return None
-        return (self.sse - self.lower_bound) / max(self.lower_bound, 1e-9)
+        floor = 1e-6 * max(float(self.p_ref_kw @ self.p_ref_kw), 1.0)
+        return (self.sse - self.lower_bound) / max(self.lower_bound, floor)
 
     def to_frame(self) -> pd.DataFrame:
         """The dispatch result table of the spec: one row per plugged (EV, step), in time then EV order."""
