@@ -41,7 +41,8 @@ RHO_RIDGE = 1e-7
 ENERGY_SLACK_KWH = 1e-6
 REFINE_PASSES = 4  # one solve plus three rounds of iterative refinement per Newton direction (measured: with one
 # round the final dual residual leaves the proven bound 1.4 kW^2 below the optimum on a 50-EV day, with three 0.01)
-REFINE_BELOW = 1e-3  # ... once the relative residuals are below this
+REFINE_BELOW = 1e-3  # one round of refinement once the relative residuals are below this, all REFINE_PASSES
+REFINE_MORE_BELOW = 1e-5  # ... below this (the last steps, which set the multipliers the bound is proven from)
 REFINE_PASSES_LIMITS = 4  # with grid limit rows: refined at every step (measured: 2 passes stall at 1e-2 to 1e-4)
 # Residuals and duality gap relative to the problem's scale below which an answer counts as the optimum (the
 # tolerance aimed at is `solve(tol=1e-6)`); the lower bound is proven from the final multipliers whatever they are.
@@ -52,6 +53,7 @@ STALL_BELOW = 1e-2  # this many steps: it is stuck (far from the optimum the mer
 WARM_MARGIN = 1e-2  # how far a warm start is pushed back into the interior (slacks relative to their scale, multipliers)
 PRIMAL_REG = 1e-4  # the Newton matrix's primal regularisation, relative to the aggregate coupling (see _factor)
 _CHUNK_ELEMENTS = 1 << 21  # EVs x steps^2 per dense block batch (16 MiB of float64)
+_GEMM_EVS = 20_000  # EVs per batch of the coordinator's matrix product (two EVs x T factors)
 
 
 class _Layout:
@@ -263,35 +265,53 @@ class RelaxedQP:
         V = Xprev * sigma  # G[j,k] = -(1-rho_{j-1}) * V_k * exp(ell_{k-1} - ell_j), j < k
         ellprev = np.zeros((n, L))
         ellprev[:, 1:] = ell[:, :-1]
+        # For applying G (see _apply_G) by two sweeps: its diagonal, the factors of its off-diagonal part and the
+        # decay exp(ell_j - ell_{j-1}) = 1 / (1 + u_j) in (0, 1], all transposed to (L, n) for the sweeps.
+        decay = np.ones((n, L))
+        decay[:, 1:] = 1.0 / (1.0 + u)
+        self.g_diag = Gdiag
+        self.g_omr_t = np.ascontiguousarray(one_minus_rho.T)
+        self.g_v_t = np.ascontiguousarray(V.T)
+        self.g_decay_t = np.ascontiguousarray(decay.T)
         C = self.B.shape[0]
         M = np.zeros((C, self.T, self.T))  # per class of limit rows: sum_i J_i K_i^-1 J_i^T
-        self.Gblocks = []
+        # Each EV's J K^-1 J^T is diag(c^2 Gdiag + direct) plus c G c off the diagonal, and c G c's upper part is
+        # the outer product of two window vectors (G[j,k] = left_j right_k, j < k), exact as two factors while
+        # neither can overflow (ell falls by at most 600 over the window). Placed on the aggregate grid, the sum
+        # of those outer products over the fleet is one matrix product per class; only its upper triangle is
+        # meant (each EV's entries there have j < k), the rest is discarded.
+        valid, gidx, cls = lay.valid, lay.gidx, self.cls
+        last = np.maximum(lay.length - 1, 0)
+        safe = -ell[np.arange(n), last] <= 600.0
+        diag = np.where(valid, c * c * Gdiag + direct, 0.0)
+        np.add.at(M, (np.broadcast_to(cls[:, None], gidx.shape)[valid], gidx[valid], gidx[valid]), diag[valid])
+        with np.errstate(over="ignore", invalid="ignore"):
+            left = np.where(valid & safe[:, None], -c * one_minus_rho * np.exp(-ell), 0.0)
+        right = np.where(valid, c * V * np.exp(ellprev), 0.0)
+        upper_t = np.triu(np.ones((self.T, self.T), dtype=bool), 1)
+        for k in range(C):
+            rows = np.flatnonzero(safe & (cls == k))
+            for s in range(0, len(rows), _GEMM_EVS):  # bounded memory: (EVs x T) factors per batch
+                r = rows[s:s + _GEMM_EVS]
+                lg = np.zeros((len(r), self.T))
+                rg = np.zeros((len(r), self.T))
+                vr = valid[r]
+                at = (np.broadcast_to(np.arange(len(r))[:, None], vr.shape)[vr], gidx[r][vr])
+                lg[at], rg[at] = left[r][vr], right[r][vr]
+                M[k] += np.where(upper_t, lg.T @ rg, 0.0)
+        # EVs whose factors could overflow: one exp per entry, a chunk of similar windows at a time.
         for s, e, lc in lay.chunks:
+            idx = s + np.flatnonzero(~safe[s:e])
+            if not idx.size:
+                continue
             jj = np.arange(lc)
-            upper = jj[:, None] < jj[None, :]
-            if -ell[s:e, lc - 1].min() <= 600.0:
-                # exp(ell_{k-1} - ell_j) as a product of two factors, exact while no factor can overflow
-                # (ell falls by at most 600 over the window): one multiply instead of an exp per entry.
-                left = -one_minus_rho[s:e, :lc] * np.exp(-ell[s:e, :lc])
-                right = V[s:e, :lc] * np.exp(ellprev[s:e, :lc])
-                Gb = np.where(upper, left[:, :, None] * right[:, None, :], 0.0)
-            else:
-                expo = np.where(upper, ellprev[s:e, None, :lc] - ell[s:e, :lc, None], -np.inf)
-                Gb = -one_minus_rho[s:e, :lc, None] * V[s:e, None, :lc] * np.exp(expo)
-            Gb = Gb + np.transpose(Gb, (0, 2, 1))
-            Gb[:, jj, jj] = Gdiag[s:e, :lc]
-            self.Gblocks.append(Gb)
-            cb = c[s:e, :lc]
-            Mb = cb[:, :, None] * Gb * cb[:, None, :]
-            Mb[:, jj, jj] += direct[s:e, :lc]
-            # Sum blocks of one class that start at the same step, then place each sum on the aggregate grid.
-            f, cl = lay.first[s:e], self.cls[s:e]
-            starts = np.flatnonzero(np.r_[True, (f[1:] != f[:-1]) | (cl[1:] != cl[:-1])])
-            sums = np.add.reduceat(Mb, starts, axis=0)
-            for k, st in enumerate(starts):
-                off = int(f[st])
-                w = min(lc, self.T - off)
-                M[cl[st], off:off + w, off:off + w] += sums[k, :w, :w]
+            expo = np.where(jj[:, None] < jj[None, :], ellprev[idx, None, :lc] - ell[idx, :lc, None], -np.inf)
+            Mb = -(c * one_minus_rho)[idx, :lc, None] * (c * V)[idx, None, :lc] * np.exp(expo)
+            cols = gidx[idx, :lc]
+            for b in range(len(idx)):
+                w = int(lay.length[idx[b]])
+                M[cls[idx[b]]][np.ix_(cols[b, :w], cols[b, :w])] += Mb[b, :w, :w]
+        M = M + np.transpose(np.triu(M, 1) if C == 1 else np.stack([np.triu(m, 1) for m in M]), (0, 2, 1))
         # Coordinator over the aggregate and the limit rows, with D = (2 kappa, D_r): (I + D^1/2 U K^-1 U^T D^1/2),
         # U K^-1 U^T's block (a, b) being the sum of the classes in both rows a and b. Without limits this is
         # 2 kappa (I/(2 kappa) + sum_i J_i K_i^-1 J_i^T).
@@ -318,11 +338,27 @@ class RelaxedQP:
         xd = self.i12 * gc + self.i22 * gd
         d = self.a * xc - self.b * xd
         y = d / self.gamma
-        Gy = np.zeros_like(y)
-        for (s, e, lc), Gb in zip(self.lay.chunks, self.Gblocks):
-            Gy[s:e, :lc] = np.einsum("njk,nk->nj", Gb, y[s:e, :lc])
-        mu = (d - Gy) / self.gamma
+        mu = (d - self._apply_G(y)) / self.gamma
         return (xc - mu * self.BEc) * self.hc, (xd - mu * self.BEd) * self.hd
+
+    def _apply_G(self, y):
+        """G y per EV for (n, L) y, in O(L) per EV: G[j,k] = -(1-rho_{j-1}) V_k exp(ell_{k-1} - ell_j) for j < k,
+        symmetric, diagonal Gdiag (see _factor). Its upper and lower parts are first-order recursions along the
+        window whose factors exp(ell_j - ell_{j-1}) lie in (0, 1]: no overflow, no cancellation, no L x L block."""
+        omr, v, decay = self.g_omr_t, self.g_v_t, self.g_decay_t
+        y_t = y.T
+        out = (self.g_diag * y).T.copy()
+        vy, wy = v * y_t, omr * y_t
+        L = y_t.shape[0]
+        r = np.zeros(y_t.shape[1])
+        for j in range(L - 2, -1, -1):  # upper: R_j = V_{j+1} y_{j+1} + decay_{j+1} R_{j+1}
+            r = vy[j + 1] + decay[j + 1] * r
+            out[j] -= omr[j] * r
+        q = np.zeros(y_t.shape[1])
+        for k in range(1, L):  # lower: Q_k = (1-rho) y at k-1 + decay_{k-1} Q_{k-1}
+            q = wy[k - 1] + decay[k - 1] * q
+            out[k] -= v[k] * q
+        return out.T
 
     def _newton(self, gc, gd):
         # Woodbury: N^-1 g = K^-1 g - K^-1 U^T D^1/2 S^-1 D^1/2 U K^-1 g
@@ -468,7 +504,8 @@ class RelaxedQP:
             rc = (s * z + ds_a * dz_a - sigma * mu) * mask
             # Refinement pays only late, when barrier weights spread over many orders of magnitude; with grid limit
             # rows always, and more of it: their weights enter the coordinator's system, which then loses accuracy.
-            passes = REFINE_PASSES_LIMITS if self.R else (REFINE_PASSES if merit < REFINE_BELOW else 1)
+            passes = REFINE_PASSES_LIMITS if self.R else (REFINE_PASSES if merit < REFINE_MORE_BELOW else
+                                                          2 if merit < REFINE_BELOW else 1)
             dpc, dpd, ds, dz = direction(rc, passes=passes)
             step = min(1.0, 0.99 * max_step(ds, dz))
             pc, pd = pc + step * dpc, pd + step * dpd
