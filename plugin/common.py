@@ -10,8 +10,9 @@ from evagg.simulators.times import to_datetime64, whole_seconds
 
 log = logging.getLogger("evagg.plugin")
 
-# mosaik time 0 of a synthetic fleet when the scenario names no start (synthetic_fleet's own default).
-DEFAULT_START = "2026-06-01T00:00:00"
+# mosaik time 0 of a synthetic fleet or signal when neither the simulator's start_date nor the model's start says
+# it (synthetic_fleet's own default date; a scenario's study start is evagg.scenarios.options.DEFAULT_STUDY_START)
+DEFAULT_TIME_ZERO = "2026-06-01T00:00:00"
 
 
 class TimeGrid:
@@ -58,10 +59,3 @@ class TimeGrid:
     def steps_until(self, until) -> int:
         """How many steps start before mosaik time `until` (a run's `until`)."""
         return int(math.ceil(until * self.time_resolution / self.step_s - 1e-9))
-
-
-def check_params(sim: str, model: str, params: dict, allowed) -> None:
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(f"{sim}: unknown parameter(s) {', '.join(unknown)} for model {model}; "
-                         f"known: {', '.join(allowed)}")

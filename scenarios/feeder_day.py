@@ -62,6 +62,7 @@ SIM_CONFIG = {
     "Ref": {"python": "evagg.plugin:ReferenceSim"},
     "Results": {"python": "evagg.plugin:CollectorSim"},
     "Operator": {"python": "evagg.plugin:OperatorSim"},
+    "PeakShaver": {"python": "evagg.plugin:PeakShaverSim"},
 }
 
 AGGREGATOR_OUTPUTS = ("P[MW]", "P_ref[MW]", "tracking_error[MW]", "n_plugged", "energy[MWh]", "shortfall[MWh]",
@@ -168,7 +169,7 @@ def build_world(opts: Options, policy: str, out: Path, aggs: list[dict], on_step
             sessions = str((out / a["sessions"]).resolve())
             if pol.reference == "peak_shaving":
                 if shaver_sim is None:  # one simulator for the aggregators' shavers
-                    shaver_sim = world.start("Operator", step_size=step, start_date=start)
+                    shaver_sim = world.start("PeakShaver", step_size=step, start_date=start)
                 sig = _peak_shaver(world, shaver_sim, grid, agg, entities["aggregators"], a["evs"] / opts.evs,
                                    peak_target_kw, fsteps)
             elif a["signal"] is not None:
