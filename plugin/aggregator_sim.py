@@ -30,7 +30,7 @@ from evagg.simulators.aggregator import Aggregator, SignalSource
 from evagg.simulators.synthetic import synthetic_fleet
 from evagg.simulators.tables import read_reference, read_sessions
 
-from .common import DEFAULT_TIME_ZERO, TimeGrid
+from .common import DEFAULT_TIME_ZERO, TimeGrid, time_grid
 from .meta import AGGREGATOR_MODELS, SOC_SPREAD, build_meta, read_outputs, read_params, same_step_meta
 
 log = logging.getLogger("evagg.plugin")
@@ -66,11 +66,9 @@ class AggregatorSim(mosaik_api_v3.Simulator):
 
     def init(self, sid: SimId, time_resolution: float = 1.0, step_size: int = 900, start_date: str | None = None,
              same_step: bool = False, **sim_params):
-        if sim_params:
-            raise ValueError(f"AggregatorSim: unknown simulator parameter(s) {', '.join(sorted(sim_params))}; "
-                             "known: step_size, start_date, same_step")
         self.sid = sid
-        self.grid = TimeGrid("AggregatorSim", time_resolution, step_size, start_date)
+        self.grid = time_grid("AggregatorSim", time_resolution, step_size, start_date, sim_params,
+                              known=("same_step",))
         self.same_step = bool(same_step)
         if self.same_step:
             self.meta = same_step_meta(self.meta, SAME_STEP_TRIGGERS)
@@ -226,7 +224,8 @@ class AggregatorSim(mosaik_api_v3.Simulator):
             elif eid in self.bus_entities:
                 agg_eid, pos = self.bus_entities[eid]
                 res = self.aggregators[agg_eid].last
-                data[eid] = read_outputs("AggregatorSim", eid, _BUS, attrs, None if res is None else _BusOutputs(res, pos))
+                source = None if res is None else _BusOutputs(res, pos)
+                data[eid] = read_outputs("AggregatorSim", eid, _BUS, attrs, source)
             else:
                 raise ValueError(f"AggregatorSim: no entity {eid!r}")
         return data

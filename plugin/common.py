@@ -59,3 +59,12 @@ class TimeGrid:
     def steps_until(self, until) -> int:
         """How many steps start before mosaik time `until` (a run's `until`)."""
         return int(math.ceil(until * self.time_resolution / self.step_s - 1e-9))
+
+
+def time_grid(sim: str, time_resolution, step_size, start_date, sim_params: dict, known=()) -> TimeGrid:
+    """A simulator's TimeGrid from its init parameters; ValueError for a simulator parameter it does not know
+    (`known`: its own beyond step_size and start_date)."""
+    if sim_params:
+        raise ValueError(f"{sim}: unknown simulator parameter(s) {', '.join(sorted(sim_params))}; "
+                         f"known: {', '.join(('step_size', 'start_date', *known))}")
+    return TimeGrid(sim, time_resolution, step_size, start_date)

@@ -221,7 +221,8 @@ AGGREGATOR_MODELS: dict[str, ModelSpec] = {
         outputs=(
             Attr("P[MW]", "the fleet's net power (load convention); the sum of its EVBus children",
                  source="p_kw", factor=KW_PER_MW),
-            Attr("P_ref[MW]", "the reference it followed (None while uncontrolled)", source="p_ref_kw", factor=KW_PER_MW),
+            Attr("P_ref[MW]", "the reference it followed (None while uncontrolled)", source="p_ref_kw",
+                 factor=KW_PER_MW),
             Attr("tracking_error[MW]", "P - P_ref (None while uncontrolled)", source="tracking_error_kw",
                  factor=KW_PER_MW),
             Attr("n_plugged", "EVs plugged in in this step", source="n_plugged", kind=int),
@@ -230,7 +231,8 @@ AGGREGATOR_MODELS: dict[str, ModelSpec] = {
             Attr("shortfall[MWh]", "cumulative target energy not delivered at departure", source="shortfall_kwh",
                  factor=KW_PER_MW),
             Attr("need_unmet[MWh]", "cumulative departure need (the spec's: what charging flat out would give) not "
-                                    "delivered; only grid limits can cause it", source="need_unmet_kwh", factor=KW_PER_MW),
+                                    "delivered; only grid limits can cause it", source="need_unmet_kwh",
+                 factor=KW_PER_MW),
             Attr("solve_time[s]", "wall time of this step's re-dispatch", source="solve_time_s"),
             Attr("limited", "1 when a grid limit (on the fleet or one of its buses) was binding in this step",
                  source="limited", kind=int),

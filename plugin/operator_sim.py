@@ -55,7 +55,7 @@ from mosaik_api_v3.types import CreateResult, InputData, OutputData, OutputReque
 
 from evagg.simulators.operator import GridOperator, GroupLimit
 
-from .common import TimeGrid
+from .common import TimeGrid, time_grid
 from .meta import (
     COUPLINGS,
     KW_PER_MW,
@@ -144,10 +144,8 @@ class OperatorSim(mosaik_api_v3.Simulator):
     def init(self, sid: SimId, time_resolution: float = 1.0, step_size: int = 900, start_date: str | None = None,
              coupling: str = "delayed", tol_mw: float = DEFAULT_TOL_MW,
              max_iterations: int = DEFAULT_MAX_ITERATIONS, later_rounds: str = "cuts", **sim_params):
-        if sim_params:
-            raise ValueError(f"OperatorSim: unknown simulator parameter(s) {', '.join(sorted(sim_params))}; "
-                             "known: step_size, start_date, coupling, tol_mw, max_iterations, later_rounds")
-        self.grid = TimeGrid("OperatorSim", time_resolution, step_size, start_date)
+        self.grid = time_grid("OperatorSim", time_resolution, step_size, start_date, sim_params,
+                              known=("coupling", "tol_mw", "max_iterations", "later_rounds"))
         if coupling not in COUPLINGS:
             raise ValueError(f"OperatorSim: coupling must be one of {', '.join(COUPLINGS)}, got {coupling!r}")
         try:

@@ -25,7 +25,7 @@ from mosaik_api_v3.types import CreateResult, InputData, OutputData, OutputReque
 
 from evagg.simulators.peak_shaving import PeakShaver
 
-from .common import TimeGrid
+from .common import TimeGrid, time_grid
 from .meta import KW_PER_MW, PEAK_SHAVER_MODELS, build_meta, read_outputs, read_params
 
 META = build_meta(PEAK_SHAVER_MODELS, "time-based")
@@ -46,10 +46,7 @@ class PeakShaverSim(mosaik_api_v3.Simulator):
 
     def init(self, sid: SimId, time_resolution: float = 1.0, step_size: int = 900, start_date: str | None = None,
              **sim_params):
-        if sim_params:
-            raise ValueError(f"PeakShaverSim: unknown simulator parameter(s) {', '.join(sorted(sim_params))}; "
-                             "known: step_size, start_date")
-        self.grid = TimeGrid("PeakShaverSim", time_resolution, step_size, start_date)
+        self.grid = time_grid("PeakShaverSim", time_resolution, step_size, start_date, sim_params)
         return self.meta
 
     def create(self, num: int, model: str, **params: Any) -> list[CreateResult]:

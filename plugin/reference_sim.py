@@ -20,7 +20,7 @@ from evagg.simulators.aggregator import SignalSource
 from evagg.simulators.synthetic import synthetic_fleet, synthetic_reference
 from evagg.simulators.tables import read_reference, read_sessions
 
-from .common import DEFAULT_TIME_ZERO, TimeGrid
+from .common import DEFAULT_TIME_ZERO, TimeGrid, time_grid
 from .meta import REFERENCE_MODELS, build_meta, read_outputs, read_params
 
 log = logging.getLogger("evagg.plugin")
@@ -40,10 +40,7 @@ class ReferenceSim(mosaik_api_v3.Simulator):
 
     def init(self, sid: SimId, time_resolution: float = 1.0, step_size: int = 900, start_date: str | None = None,
              **sim_params):
-        if sim_params:
-            raise ValueError(f"ReferenceSim: unknown simulator parameter(s) {', '.join(sorted(sim_params))}; "
-                             "known: step_size, start_date")
-        self.grid = TimeGrid("ReferenceSim", time_resolution, step_size, start_date)
+        self.grid = time_grid("ReferenceSim", time_resolution, step_size, start_date, sim_params)
         return self.meta
 
     def create(self, num: int, model: str, **p: Any) -> list[CreateResult]:

@@ -317,6 +317,15 @@ def _save(fig, path) -> None:
     plt.close(fig)
 
 
+def _finish(fig, ax, times, path: Path) -> Path:
+    """A one-axes plot's legend and time axis; saved at `path` (returned)."""
+    ax.legend(loc="best", fontsize=8)
+    _time_axis(ax, times)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
 def _title(summary: dict) -> str:
     o = summary["options"]
     return (f"{summary.get('grid', {}).get('grid', o['grid'])}, {o['evs']} EVs, {summary.get('method', o['method'])}, "
@@ -344,11 +353,7 @@ def plot_run(out, summary: dict, table: pd.DataFrame | None = None) -> list[Path
     ax.axhline(0, color="0.5", lw=0.5)
     ax.set_ylabel("power [kW] (+ = drawn from the grid)")
     ax.set_title(f"Aggregate EV power vs reference: {title}")
-    ax.legend(loc="best", fontsize=8)
-    _time_axis(ax, t)
-    fig.tight_layout()
-    _save(fig, out / "power.png")
-    written.append(out / "power.png")
+    written.append(_finish(fig, ax, t, out / "power.png"))
 
     energy = wide(table, "Aggregator", "energy[MWh]") * 1000.0
     soc = {q: wide(table, "Aggregator", f"soc_{q}[%]") for q in ("min", "p10", "p50", "p90", "max")}
@@ -395,11 +400,7 @@ def plot_run(out, summary: dict, table: pd.DataFrame | None = None) -> list[Path
         ax.axhline(v, color="k", ls="--", lw=0.8)
     ax.set_ylabel("voltage [pu]")
     ax.set_title(f"Bus voltages ({lo:g}-{hi:g} pu band dashed): {title}")
-    ax.legend(loc="best", fontsize=8)
-    _time_axis(ax, tv)
-    fig.tight_layout()
-    _save(fig, out / "voltage.png")
-    written.append(out / "voltage.png")
+    written.append(_finish(fig, ax, tv, out / "voltage.png"))
 
     lines = wide(table, "Line", "loading[%]")
     trafo = wide(table, "Transformer", "loading[%]")
@@ -414,11 +415,8 @@ def plot_run(out, summary: dict, table: pd.DataFrame | None = None) -> list[Path
     ax.axhline(100, color="k", ls="--", lw=0.8)
     ax.set_ylabel("loading [%]")
     ax.set_title(f"Line and transformer loading: {title}")
-    ax.legend(loc="best", fontsize=8)
-    _time_axis(ax, _times(lines.index if len(lines.columns) else trafo.index))
-    fig.tight_layout()
-    _save(fig, out / "loading.png")
-    written.append(out / "loading.png")
+    written.append(_finish(fig, ax, _times(lines.index if len(lines.columns) else trafo.index),
+                           out / "loading.png"))
     return written
 
 
