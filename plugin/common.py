@@ -4,9 +4,12 @@ from __future__ import annotations
 import logging
 import math
 
+import mosaik_api_v3
 import numpy as np
 
 from evagg.simulators.times import to_datetime64, whole_seconds
+
+from .meta import ModelSpec, read_outputs
 
 log = logging.getLogger("evagg.plugin")
 
@@ -68,3 +71,34 @@ def time_grid(sim: str, time_resolution, step_size, start_date, sim_params: dict
         raise ValueError(f"{sim}: unknown simulator parameter(s) {', '.join(sorted(sim_params))}; "
                          f"known: {', '.join(('step_size', 'start_date', *known))}")
     return TimeGrid(sim, time_resolution, step_size, start_date)
+
+
+class SteppedSim(mosaik_api_v3.Simulator):
+    """A simulator of one creatable model (`MODEL`, described by `SPEC`) stepping on a TimeGrid, whose init takes
+    step_size and start_date only and whose outputs are read from `output_source(eid)` (ReferenceSim,
+    PeakShaverSim)."""
+
+    NAME = ""
+    MODEL = ""
+    SPEC: ModelSpec
+
+    def __init__(self, meta):
+        super().__init__(meta)
+        self.grid: TimeGrid | None = None
+
+    def init(self, sid, time_resolution: float = 1.0, step_size: int = 900, start_date: str | None = None,
+             **sim_params):
+        self.grid = time_grid(self.NAME, time_resolution, step_size, start_date, sim_params)
+        return self.meta
+
+    def check_model(self, model: str) -> None:
+        if model != self.MODEL:
+            raise ValueError(f"{self.NAME}: cannot create {model!r}; only {self.MODEL!r}")
+
+    def output_source(self, eid: str):
+        """What entity `eid`'s outputs are read from now (None: nothing yet); ValueError for no such entity."""
+        raise NotImplementedError
+
+    def get_data(self, outputs):
+        return {eid: read_outputs(self.NAME, eid, self.SPEC, attrs, self.output_source(eid))
+                for eid, attrs in outputs.items()}

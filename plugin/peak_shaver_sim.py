@@ -20,38 +20,32 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import mosaik_api_v3
-from mosaik_api_v3.types import CreateResult, InputData, OutputData, OutputRequest, SimId, Time
+from mosaik_api_v3.types import CreateResult, InputData, Time
 
 from evagg.simulators.peak_shaving import PeakShaver
 
-from .common import TimeGrid, time_grid
-from .meta import KW_PER_MW, PEAK_SHAVER_MODELS, build_meta, read_outputs, read_params
+from .common import SteppedSim
+from .meta import KW_PER_MW, PEAK_SHAVER_MODELS, build_meta, read_params
 
 META = build_meta(PEAK_SHAVER_MODELS, "time-based")
 _SHAVER = PEAK_SHAVER_MODELS["PeakShaver"]
 _INPUTS = _SHAVER.input_attrs
 
 
-class PeakShaverSim(mosaik_api_v3.Simulator):
+class PeakShaverSim(SteppedSim):
     """Peak shavers for mosaik. Simulator params: step_size (default 900), start_date (not used; accepted like the
     other evagg simulators)."""
 
+    NAME, MODEL, SPEC = "PeakShaverSim", "PeakShaver", _SHAVER
+
     def __init__(self):
         super().__init__(META)
-        self.grid: TimeGrid | None = None
         self.shavers: dict[str, PeakShaver] = {}
         self._time: Time | None = None  # the mosaik time of the last step
         self._before: dict[str, PeakShaver] = {}  # each shaver as it was before that time
 
-    def init(self, sid: SimId, time_resolution: float = 1.0, step_size: int = 900, start_date: str | None = None,
-             **sim_params):
-        self.grid = time_grid("PeakShaverSim", time_resolution, step_size, start_date, sim_params)
-        return self.meta
-
     def create(self, num: int, model: str, **params: Any) -> list[CreateResult]:
-        if model != "PeakShaver":
-            raise ValueError(f"PeakShaverSim: cannot create {model!r}; only 'PeakShaver'")
+        self.check_model(model)
         p = read_params("PeakShaverSim", model, _SHAVER, params)
         return [self._create(p) for _ in range(num)]
 
@@ -103,10 +97,7 @@ class PeakShaverSim(mosaik_api_v3.Simulator):
             shaver.step(v["P_feeder[MW]"], v["P_fleet[MW]"])
         return time + self.grid.step_size
 
-    def get_data(self, outputs: OutputRequest) -> OutputData:
-        data: OutputData = {}
-        for eid, attrs in outputs.items():
-            if eid not in self.shavers:
-                raise ValueError(f"PeakShaverSim: no entity {eid!r}")
-            data[eid] = read_outputs("PeakShaverSim", eid, _SHAVER, attrs, self.shavers[eid].last)
-        return data
+    def output_source(self, eid: str):
+        if eid not in self.shavers:
+            raise ValueError(f"PeakShaverSim: no entity {eid!r}")
+        return self.shavers[eid].last

@@ -13,15 +13,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import mosaik_api_v3
-from mosaik_api_v3.types import CreateResult, InputData, OutputData, OutputRequest, SimId, Time
+from mosaik_api_v3.types import CreateResult, InputData, Time
 
 from evagg.simulators.aggregator import SignalSource
 from evagg.simulators.synthetic import synthetic_fleet, synthetic_reference
 from evagg.simulators.tables import read_reference, read_sessions
 
-from .common import DEFAULT_TIME_ZERO, TimeGrid, time_grid
-from .meta import REFERENCE_MODELS, build_meta, read_outputs, read_params
+from .common import DEFAULT_TIME_ZERO, SteppedSim
+from .meta import REFERENCE_MODELS, build_meta, read_params
 
 log = logging.getLogger("evagg.plugin")
 
@@ -29,23 +28,18 @@ META = build_meta(REFERENCE_MODELS, "time-based")
 _SPEC = REFERENCE_MODELS["Signal"]
 
 
-class ReferenceSim(mosaik_api_v3.Simulator):
+class ReferenceSim(SteppedSim):
     """Simulator params: step_size (default 900), start_date (ISO 8601, mosaik time 0)."""
+
+    NAME, MODEL, SPEC = "ReferenceSim", "Signal", _SPEC
 
     def __init__(self):
         super().__init__(META)
-        self.grid: TimeGrid | None = None
         self.signals: dict[str, tuple[SignalSource, int]] = {}  # eid -> (signal, forecast steps)
         self._k: int | None = None
 
-    def init(self, sid: SimId, time_resolution: float = 1.0, step_size: int = 900, start_date: str | None = None,
-             **sim_params):
-        self.grid = time_grid("ReferenceSim", time_resolution, step_size, start_date, sim_params)
-        return self.meta
-
     def create(self, num: int, model: str, **p: Any) -> list[CreateResult]:
-        if model != "Signal":
-            raise ValueError(f"ReferenceSim: cannot create {model!r}; only 'Signal'")
+        self.check_model(model)
         checked = read_params("ReferenceSim", model, _SPEC, p)
         out = []
         for _ in range(num):
@@ -96,14 +90,10 @@ class ReferenceSim(mosaik_api_v3.Simulator):
         self._k = k
         return time + self.grid.step_size
 
-    def get_data(self, outputs: OutputRequest) -> OutputData:
-        data: OutputData = {}
-        for eid, attrs in outputs.items():
-            if eid not in self.signals:
-                raise ValueError(f"ReferenceSim: no entity {eid!r}")
-            view = None if self._k is None else _SignalOutputs(*self.signals[eid], self._k)
-            data[eid] = read_outputs("ReferenceSim", eid, _SPEC, attrs, view)
-        return data
+    def output_source(self, eid: str):
+        if eid not in self.signals:
+            raise ValueError(f"ReferenceSim: no entity {eid!r}")
+        return None if self._k is None else _SignalOutputs(*self.signals[eid], self._k)
 
 
 class _SignalOutputs:
