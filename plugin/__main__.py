@@ -10,12 +10,12 @@ import sys
 
 import mosaik_api_v3
 
+from . import AggregatorSim, CollectorSim, ReferenceSim
+
 SIM_OPTION = "-s SIM, --sim SIM  Simulator to serve: aggregator, reference or collector [default: aggregator]"
 
 
 def _simulators():
-    from . import AggregatorSim, CollectorSim, ReferenceSim
-
     return {"aggregator": AggregatorSim, "reference": ReferenceSim, "collector": CollectorSim}
 
 

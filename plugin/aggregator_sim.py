@@ -26,19 +26,19 @@ import mosaik_api_v3
 import numpy as np
 from mosaik_api_v3.types import CreateResult, InputData, OutputData, OutputRequest, SimId, Time
 
-from evagg.simulators.aggregator import DEFAULT_HORIZON, Aggregator, SignalSource
+from evagg.simulators.aggregator import Aggregator, SignalSource
 from evagg.simulators.synthetic import synthetic_fleet
 from evagg.simulators.tables import read_reference, read_sessions
 
-from .common import DEFAULT_START, TimeGrid, check_params
-from .meta import AGGREGATOR_MODELS, AGGREGATOR_PARAMS, SOC_PERCENTILES, SOC_SPREAD, build_meta, same_step_meta
+from .common import DEFAULT_TIME_ZERO, TimeGrid, time_grid
+from .meta import AGGREGATOR_MODELS, SOC_SPREAD, build_meta, read_outputs, read_params, same_step_meta
 
 log = logging.getLogger("evagg.plugin")
 
 META = build_meta(AGGREGATOR_MODELS, "time-based")
-_INPUTS = AGGREGATOR_MODELS["Aggregator"].input_attrs
-_OUTPUTS = AGGREGATOR_MODELS["Aggregator"].output_attrs
-_BUS_P = AGGREGATOR_MODELS["EVBus"].output_attrs["P[MW]"]
+_AGG = AGGREGATOR_MODELS["Aggregator"]
+_BUS = AGGREGATOR_MODELS["EVBus"]
+_INPUTS = _AGG.input_attrs
 _BUS_INPUTS = AGGREGATOR_MODELS["EVBus"].input_attrs
 _LIMITS = ("P_max[MW]", "P_min[MW]")
 # same_step=True: the inputs that step the simulator again at the same time (the model re-plans the step)
@@ -49,7 +49,7 @@ class AggregatorSim(mosaik_api_v3.Simulator):
     """EV aggregators for mosaik. Simulator params (world.start): step_size (mosaik time units per step,
     default 900; step_size * time_resolution must be whole seconds), start_date (ISO 8601: the time of mosaik
     time 0), same_step (default False: time-based; True: hybrid, limits as triggers, for a same-step loop).
-    Model params: see `evagg.plugin.meta.AGGREGATOR_PARAMS`."""
+    Model params: see `evagg.plugin.meta.AGGREGATOR_PARAMS` (defaults and checks there)."""
 
     def __init__(self):
         super().__init__(META)
@@ -66,11 +66,9 @@ class AggregatorSim(mosaik_api_v3.Simulator):
 
     def init(self, sid: SimId, time_resolution: float = 1.0, step_size: int = 900, start_date: str | None = None,
              same_step: bool = False, **sim_params):
-        if sim_params:
-            raise ValueError(f"AggregatorSim: unknown simulator parameter(s) {', '.join(sorted(sim_params))}; "
-                             "known: step_size, start_date, same_step")
         self.sid = sid
-        self.grid = TimeGrid("AggregatorSim", time_resolution, step_size, start_date)
+        self.grid = time_grid("AggregatorSim", time_resolution, step_size, start_date, sim_params,
+                              known=("same_step",))
         self.same_step = bool(same_step)
         if self.same_step:
             self.meta = same_step_meta(self.meta, SAME_STEP_TRIGGERS)
@@ -82,12 +80,12 @@ class AggregatorSim(mosaik_api_v3.Simulator):
         if model != "Aggregator":
             raise ValueError(f"AggregatorSim: cannot create {model!r}; only 'Aggregator' (EVBus entities are its "
                              "children)")
-        check_params("AggregatorSim", model, params, AGGREGATOR_PARAMS)
+        checked = read_params("AggregatorSim", model, _AGG, params)
         out = []
         for i in range(num):
             n = len(self.aggregators)
             eid = f"Aggregator-{n}"
-            agg = self._build(eid, i, num, params)
+            agg = self._build(eid, i, num, checked, params)
             self.aggregators[eid] = agg
             counts = agg.sessions_per_bus
             children = []
@@ -103,42 +101,37 @@ class AggregatorSim(mosaik_api_v3.Simulator):
             })
         return out
 
-    def _build(self, eid: str, i: int, num: int, p: dict) -> Aggregator:
-        sessions, n_evs = p.get("sessions"), p.get("n_evs")
+    def _build(self, eid: str, i: int, num: int, p: dict, given: dict) -> Aggregator:
+        sessions, n_evs = p["sessions"], p["n_evs"]
         if (sessions is None) == (n_evs is None):
             raise ValueError(f"AggregatorSim {eid}: give either sessions (a sessions CSV) or n_evs (a synthetic "
                              "fleet), not both or neither")
         if sessions is not None:
-            start = self.grid.start_for("AggregatorSim", p.get("start"), required_for="a sessions table")
-            if p.get("buses") is not None:
+            start = self.grid.start_for("AggregatorSim", p["start"], required_for="a sessions table")
+            if p["buses"] is not None:
                 raise ValueError(f"AggregatorSim {eid}: buses spreads a synthetic fleet over buses; a sessions "
                                  "table gives its own bus column, or pass bus_map={ev_id: bus}")
             for k in ("seed", "days", "v2g_share"):
-                if p.get(k) is not None:
+                if given.get(k) is not None:
                     raise ValueError(f"AggregatorSim {eid}: {k} is for a synthetic fleet (n_evs), not sessions")
             fleet = read_sessions(sessions)
         else:
-            start = self.grid.start_for("AggregatorSim", p.get("start"))
+            start = self.grid.start_for("AggregatorSim", p["start"])
             if start is None:
-                start = DEFAULT_START
+                start = DEFAULT_TIME_ZERO
                 log.info("AggregatorSim %s: no start_date given: mosaik time 0 is %s", eid, start)
-            if isinstance(n_evs, bool) or int(n_evs) != n_evs or n_evs < 0:
-                raise ValueError(f"AggregatorSim {eid}: n_evs must be a whole number >= 0, got {n_evs!r}")
-            seed = p.get("seed", 0)
+            seed = p["seed"]
             if num > 1 and seed is not None:
                 seed = int(seed) + i  # several aggregators created at once: one fleet each
-            fleet = synthetic_fleet(int(n_evs), seed=seed, start=str(start), days=int(p.get("days", 1) or 1),
-                                    v2g_share=float(p.get("v2g_share", 0.5)), buses=p.get("buses"))
+            fleet = synthetic_fleet(int(n_evs), seed=seed, start=str(start), days=int(p["days"]),
+                                    v2g_share=float(p["v2g_share"]), buses=p["buses"])
         forecast = None
-        if p.get("forecast") not in (None, "hold"):
+        if p["forecast"] not in (None, "hold"):
             forecast = SignalSource(read_reference(p["forecast"]), start, self.grid.step_s,
                                     source=f"forecast {p['forecast']}")
-        horizon = p.get("horizon", DEFAULT_HORIZON)
-        return Aggregator(
-            fleet, start, self.grid.step_s, horizon=DEFAULT_HORIZON if horizon is None else horizon,
-            method=p.get("method") or "dcls", time_limit_s=p.get("time_limit"), bus=p.get("bus_map"),
-            grid_buses=p.get("grid_buses"), forecast=forecast, name=eid, end=p.get("end"),
-        )
+        engine = {k: v for k, v in (("method", p["method"]), ("horizon", p["horizon"])) if v is not None}
+        return Aggregator(fleet, start, self.grid.step_s, time_limit_s=p["time_limit"], bus=p["bus_map"],
+                          grid_buses=p["grid_buses"], forecast=forecast, name=eid, end=p["end"], **engine)
 
     def setup_done(self):
         """Check the grid connections: every EVBus connected to a pandapower Bus must be connected to the bus of its
@@ -227,33 +220,41 @@ class AggregatorSim(mosaik_api_v3.Simulator):
         for eid, attrs in outputs.items():
             if eid in self.aggregators:
                 agg = self.aggregators[eid]
-                res = agg.last
-                values = {}
-                spread = None
-                for a in attrs:
-                    spec = _OUTPUTS.get(a)
-                    if spec is None:
-                        raise ValueError(f"AggregatorSim: {eid} has no output {a!r}")
-                    if res is None:
-                        values[a] = None
-                    elif spec.source == SOC_SPREAD:
-                        if spread is None:
-                            q = agg.soc_spread(list(SOC_PERCENTILES.values()))
-                            spread = dict(zip(SOC_PERCENTILES, [None] * len(SOC_PERCENTILES) if q is None else q))
-                        values[a] = spec.to_mosaik(spread[a])
-                    else:
-                        values[a] = spec.to_mosaik(getattr(res, spec.source))
-                data[eid] = values
+                data[eid] = read_outputs("AggregatorSim", eid, _AGG, attrs, None if agg.last is None else _Outputs(agg))
             elif eid in self.bus_entities:
                 agg_eid, pos = self.bus_entities[eid]
                 res = self.aggregators[agg_eid].last
-                for a in attrs:
-                    if a != "P[MW]":
-                        raise ValueError(f"AggregatorSim: {eid} has no output {a!r}")
-                data[eid] = {"P[MW]": None if res is None else _BUS_P.to_mosaik(res.bus_kw[pos])}
+                source = None if res is None else _BusOutputs(res, pos)
+                data[eid] = read_outputs("AggregatorSim", eid, _BUS, attrs, source)
             else:
                 raise ValueError(f"AggregatorSim: no entity {eid!r}")
         return data
+
+
+class _Outputs:
+    """What an Aggregator's outputs are read from (their `source` in the META table): its last step's result, and
+    the state of charge spread of its plugged EVs (computed once, on the first SOC output asked for)."""
+
+    _PERCENTILES = {source: q for _, source, q, _ in SOC_SPREAD}
+
+    def __init__(self, agg: Aggregator):
+        self._agg = agg
+        self._spread: dict | None = None
+
+    def __getattr__(self, name: str):
+        if name not in self._PERCENTILES:
+            return getattr(self._agg.last, name)
+        if self._spread is None:
+            q = self._agg.soc_spread(list(self._PERCENTILES.values()))
+            self._spread = dict(zip(self._PERCENTILES, [None] * len(self._PERCENTILES) if q is None else q))
+        return self._spread[name]
+
+
+class _BusOutputs:
+    """What an EVBus's outputs are read from: its bus's share of the aggregator's last step."""
+
+    def __init__(self, res, pos: int):
+        self.p_kw = res.bus_kw[pos]
 
 
 def _same_args(a: dict, b: dict) -> bool:

@@ -18,8 +18,7 @@ from mosaik_api_v3.types import CreateResult, InputData, OutputData, OutputReque
 from evagg.simulators.times import to_datetime64
 from evagg.simulators.collector import TidyTable
 
-from .common import check_params
-from .meta import COLLECTOR_MODELS, build_meta
+from .meta import COLLECTOR_MODELS, build_meta, read_params
 
 META = build_meta(COLLECTOR_MODELS, "event-based")
 
@@ -47,13 +46,13 @@ class CollectorSim(mosaik_api_v3.Simulator):
     def create(self, num: int, model: str, **p: Any) -> list[CreateResult]:
         if model != "Table":
             raise ValueError(f"CollectorSim: cannot create {model!r}; only 'Table'")
-        check_params("CollectorSim", model, p, COLLECTOR_MODELS["Table"].params)
-        if p.get("path") is None:
+        p = read_params("CollectorSim", model, COLLECTOR_MODELS["Table"], p)
+        if p["path"] is None:
             raise ValueError("CollectorSim: Table needs path= (a .csv or .parquet file)")
         if num != 1:
             raise ValueError("CollectorSim: create one Table per path (num=1)")
         eid = f"Table-{len(self.tables)}"
-        self.tables[eid] = TidyTable(p["path"], flush_every=p.get("flush_every") or 1, start=self.start,
+        self.tables[eid] = TidyTable(p["path"], flush_every=p["flush_every"], start=self.start,
                                      seconds_per_unit=self.time_resolution)
         return [{"eid": eid, "type": "Table", "extra_info": {"path": str(p["path"])}}]
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 import logging
 import math
 
+import mosaik_api_v3
 import numpy as np
 
 from evagg.simulators.times import to_datetime64, whole_seconds
 
+from .meta import ModelSpec, read_outputs
+
 log = logging.getLogger("evagg.plugin")
 
-# mosaik time 0 of a synthetic fleet when the scenario names no start (synthetic_fleet's own default).
-DEFAULT_START = "2026-06-01T00:00:00"
+# mosaik time 0 of a synthetic fleet or signal when neither the simulator's start_date nor the model's start says
+# it (synthetic_fleet's own default date; a scenario's study start is evagg.scenarios.options.DEFAULT_STUDY_START)
+DEFAULT_TIME_ZERO = "2026-06-01T00:00:00"
 
 
 class TimeGrid:
@@ -60,8 +64,41 @@ class TimeGrid:
         return int(math.ceil(until * self.time_resolution / self.step_s - 1e-9))
 
 
-def check_params(sim: str, model: str, params: dict, allowed) -> None:
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ValueError(f"{sim}: unknown parameter(s) {', '.join(unknown)} for model {model}; "
-                         f"known: {', '.join(allowed)}")
+def time_grid(sim: str, time_resolution, step_size, start_date, sim_params: dict, known=()) -> TimeGrid:
+    """A simulator's TimeGrid from its init parameters; ValueError for a simulator parameter it does not know
+    (`known`: its own beyond step_size and start_date)."""
+    if sim_params:
+        raise ValueError(f"{sim}: unknown simulator parameter(s) {', '.join(sorted(sim_params))}; "
+                         f"known: {', '.join(('step_size', 'start_date', *known))}")
+    return TimeGrid(sim, time_resolution, step_size, start_date)
+
+
+class SteppedSim(mosaik_api_v3.Simulator):
+    """A simulator of one creatable model (`MODEL`, described by `SPEC`) stepping on a TimeGrid, whose init takes
+    step_size and start_date only and whose outputs are read from `output_source(eid)` (ReferenceSim,
+    PeakShaverSim)."""
+
+    NAME = ""
+    MODEL = ""
+    SPEC: ModelSpec
+
+    def __init__(self, meta):
+        super().__init__(meta)
+        self.grid: TimeGrid | None = None
+
+    def init(self, sid, time_resolution: float = 1.0, step_size: int = 900, start_date: str | None = None,
+             **sim_params):
+        self.grid = time_grid(self.NAME, time_resolution, step_size, start_date, sim_params)
+        return self.meta
+
+    def check_model(self, model: str) -> None:
+        if model != self.MODEL:
+            raise ValueError(f"{self.NAME}: cannot create {model!r}; only {self.MODEL!r}")
+
+    def output_source(self, eid: str):
+        """What entity `eid`'s outputs are read from now (None: nothing yet); ValueError for no such entity."""
+        raise NotImplementedError
+
+    def get_data(self, outputs):
+        return {eid: read_outputs(self.NAME, eid, self.SPEC, attrs, self.output_source(eid))
+                for eid, attrs in outputs.items()}

@@ -1,7 +1,8 @@
-"""OperatorSim: grid-aware services for EV aggregators (models `Operator` with children `BusLimit`, `PeakShaver`).
+"""OperatorSim: a grid operator for EV aggregators (model `Operator` with children `BusLimit`).
 
-Thin by design: units (MW <-> kW), entities and time; the models are `evagg.simulators.operator.GridOperator` and
-`evagg.simulators.peak_shaving.PeakShaver`. sim_config entry: ``{"python": "evagg.plugin:OperatorSim"}``.
+Thin by design: units (MW <-> kW), entities and time; the model is `evagg.simulators.operator.GridOperator`.
+sim_config entry: ``{"python": "evagg.plugin:OperatorSim"}``. The wiring (`connect_operator`, `operator_groups`)
+is in `evagg.plugin.wiring`; the peak shaver is its own simulator (`evagg.plugin.peak_shaver_sim.PeakShaverSim`).
 
 Operator: built from the grid (``grid=``: the simbench code or pandapower JSON file the Grid simulator runs) and the
 controlled groups (``groups=operator_groups(aggregators)``: one per EVBus child of the aggregators, or
@@ -41,46 +42,40 @@ it all, in one of two couplings:
               grid="1-LV-rural2--0-sw", groups=operator_groups([agg]))
           connect_operator(world, op, grid, [agg], coupling="iterative")
 
-PeakShaver: ``target`` (MW, or "auto" with ``initial`` MW for the first day), ``share``, ``forecast_steps``,
-``forecast`` ("persistence" / "daily"); inputs ``P_feeder[MW]`` (a Transformer's P_hv[MW] or the ExternalGrid's
-P[MW]) and ``P_fleet[MW]`` (the aggregators' P[MW], summed); outputs ``P_ref[MW]``, ``P_forecast[MW]``, ``P_base[MW]``,
-``target[MW]``; `connect_peak_shaver` wires it (reference time-shifted into the aggregator, in both couplings: the
-aggregator's P_ref[MW] is no trigger; in an iterative OperatorSim a shaver stepped again at the same time rolls
-back and steps again, so that it takes the feeder's settled state).
 """
 from __future__ import annotations
 
 import copy
 import logging
 import math
-from typing import Any, Iterable
+from typing import Any
 
 import mosaik_api_v3
 from mosaik_api_v3.types import CreateResult, InputData, OutputData, OutputRequest, SimId, Time
 
 from evagg.simulators.operator import GridOperator, GroupLimit
-from evagg.simulators.peak_shaving import PeakShaver
 
-from .common import TimeGrid, check_params
-from .meta import KW_PER_MW, OPERATOR_MODELS, build_meta, same_step_meta
+from .common import TimeGrid, time_grid
+from .meta import (
+    COUPLINGS,
+    KW_PER_MW,
+    OPERATOR_MODEL_PARAMS,
+    OPERATOR_MODELS,
+    build_meta,
+    read_outputs,
+    read_params,
+    same_step_meta,
+)
 
 log = logging.getLogger("evagg.plugin")
 
 META = build_meta(OPERATOR_MODELS, "time-based")
 _OP = OPERATOR_MODELS["Operator"]
 _LIMIT = OPERATOR_MODELS["BusLimit"]
-_SHAVER = OPERATOR_MODELS["PeakShaver"]
 _LIMIT_OUT = _LIMIT.output_attrs
-_SHAVER_IN = _SHAVER.input_attrs
-_SHAVER_OUT = _SHAVER.output_attrs
 _P_EV = _LIMIT.input_attrs["P_ev[MW]"]
-_OP_KW = ("v_min", "v_max", "v_margin", "loading_max", "loading_margin", "gain", "min_share", "release_kw",
-          "room_share", "idle_kw", "capability", "memory", "rated_kw")
 # which grid models may feed which Operator input
 _SOURCES = {"Vm[pu]": ("Bus",), "P[MW]": ("Bus",), "loading[%]": ("Line", "Transformer")}
-# a group's EV power rated per session by operator_groups, kW (a generous charger: a limit above it is no limit)
-P_SESSION_KW = 22.0
-COUPLINGS = ("delayed", "iterative")
 DEFAULT_TOL_MW = 1e-4
 DEFAULT_MAX_ITERATIONS = 20
 LATER_ROUNDS = ("cuts", "all")  # what the rounds after the first of a step send
@@ -111,9 +106,24 @@ class _OperatorEntity:
         self.model_before: GridOperator | None = None  # the model as it was before the rounds of this time
         self.p_ev_kw: dict[str, float] = {}  # each group's EV power in the last evaluation (kW)
 
+    # the Operator's outputs (their `source` in the META table; None before the first step where so said)
+    @property
+    def n_limited(self) -> int | None:
+        if self.result is None:
+            return None
+        return sum(1 for r in self.result.values() if r.p_max_kw is not None or r.p_min_kw is not None)
+
+    @property
+    def step_iterations(self) -> int | None:
+        return None if self.result is None else self.iterations
+
+    @property
+    def step_capped(self) -> int | None:
+        return None if self.result is None else self.capped
+
 
 class OperatorSim(mosaik_api_v3.Simulator):
-    """Grid operators and peak shavers for mosaik. Simulator params: step_size (default 900), start_date (not
+    """Grid operators for mosaik. Simulator params: step_size (default 900), start_date (not
     used; accepted like the other evagg simulators), coupling ("delayed", the default: time-based; "iterative":
     hybrid, for a same-step loop, see the module doc), tol_mw (MW, default 1e-4), max_iterations (power flows
     per step, default 20; >= 1; 1 never sends within the loop) and later_rounds ("cuts" / "all") of the
@@ -124,22 +134,18 @@ class OperatorSim(mosaik_api_v3.Simulator):
         self.grid: TimeGrid | None = None
         self.operators: dict[str, _OperatorEntity] = {}
         self.limits: dict[str, tuple[str, str]] = {}  # BusLimit eid -> (Operator eid, group id)
-        self.shavers: dict[str, PeakShaver] = {}
         self._stepped = False
         self.coupling = "delayed"
         self.tol_mw = DEFAULT_TOL_MW
         self.max_iterations = DEFAULT_MAX_ITERATIONS
         self.later_rounds = "cuts"
         self._time: Time | None = None  # the mosaik time of the last step
-        self._shavers_before: dict[str, PeakShaver] = {}  # iterative: each shaver as it was before this time
 
     def init(self, sid: SimId, time_resolution: float = 1.0, step_size: int = 900, start_date: str | None = None,
              coupling: str = "delayed", tol_mw: float = DEFAULT_TOL_MW,
              max_iterations: int = DEFAULT_MAX_ITERATIONS, later_rounds: str = "cuts", **sim_params):
-        if sim_params:
-            raise ValueError(f"OperatorSim: unknown simulator parameter(s) {', '.join(sorted(sim_params))}; "
-                             "known: step_size, start_date, coupling, tol_mw, max_iterations, later_rounds")
-        self.grid = TimeGrid("OperatorSim", time_resolution, step_size, start_date)
+        self.grid = time_grid("OperatorSim", time_resolution, step_size, start_date, sim_params,
+                              known=("coupling", "tol_mw", "max_iterations", "later_rounds"))
         if coupling not in COUPLINGS:
             raise ValueError(f"OperatorSim: coupling must be one of {', '.join(COUPLINGS)}, got {coupling!r}")
         try:
@@ -166,32 +172,27 @@ class OperatorSim(mosaik_api_v3.Simulator):
     # --------------------------------------------------------------------------------------------- creation
 
     def create(self, num: int, model: str, **params: Any) -> list[CreateResult]:
-        if model == "Operator":
-            check_params("OperatorSim", model, params, _OP.params)
-            return [self._create_operator(params) for _ in range(num)]
-        if model == "PeakShaver":
-            check_params("OperatorSim", model, params, _SHAVER.params)
-            return [self._create_shaver(params) for _ in range(num)]
-        raise ValueError(f"OperatorSim: cannot create {model!r}; only 'Operator' (BusLimit entities are its "
-                         "children) or 'PeakShaver'")
+        if model != "Operator":
+            raise ValueError(f"OperatorSim: cannot create {model!r}; only 'Operator' (BusLimit entities are its "
+                             "children; a PeakShaver is made by evagg.plugin:PeakShaverSim)")
+        p = read_params("OperatorSim", model, _OP, params)
+        return [self._create_operator(p, params) for _ in range(num)]
 
-    def _create_operator(self, p: dict) -> CreateResult:
+    def _create_operator(self, p: dict, given: dict) -> CreateResult:
         n = len(self.operators)
         eid = f"Operator-{n}"
-        if p.get("grid") is None:
+        if p["grid"] is None:
             raise ValueError(f"OperatorSim {eid}: grid is required (the simbench code or pandapower JSON file the "
                              "Grid simulator runs)")
-        groups, buses = p.get("groups"), p.get("buses")
+        groups, buses = p["groups"], p["buses"]
         if (groups is None) == (buses is None):
             raise ValueError(f"OperatorSim {eid}: give groups (e.g. operator_groups(aggregators)) or buses, not "
                              f"{'both' if groups is not None else 'neither'}")
         specs = list(groups) if groups is not None else list(buses)
         if not specs:
             raise ValueError(f"OperatorSim {eid}: {'groups' if groups is not None else 'buses'} is empty")
-        if buses is not None and not all(isinstance(b, int) and not isinstance(b, bool) for b in specs):
-            raise ValueError(f"OperatorSim {eid}: buses must be bus indices (int), got {buses!r}")
-        kw = {k: p[k] for k in _OP_KW if p.get(k) is not None}
-        if "v_max" in p and p["v_max"] is None:
+        kw = {k: p[k] for k in OPERATOR_MODEL_PARAMS if p[k] is not None}
+        if "v_max" in given and given["v_max"] is None:  # no upper voltage limit (the model's default has one)
             kw["v_max"] = None
         model = GridOperator(p["grid"], specs, **kw)
         children, out_children = {}, []
@@ -209,40 +210,12 @@ class OperatorSim(mosaik_api_v3.Simulator):
             info.update(tol_mw=self.tol_mw, max_iterations=self.max_iterations, later_rounds=self.later_rounds)
         return {"eid": eid, "type": "Operator", "children": out_children, "rel": [], "extra_info": info}
 
-    def _create_shaver(self, p: dict) -> CreateResult:
-        eid = f"PeakShaver-{len(self.shavers)}"
-        if p.get("target") is None:
-            raise ValueError(f"OperatorSim {eid}: target is required (MW, or 'auto')")
-        target = p["target"]
-        if not isinstance(target, str):
-            try:
-                target = float(target) * KW_PER_MW
-            except (TypeError, ValueError):
-                raise ValueError(f"OperatorSim {eid}: target must be a number (MW) or 'auto', got {target!r}") from None
-        initial = p.get("initial")
-        if initial is not None:
-            try:
-                initial = float(initial) * KW_PER_MW
-            except (TypeError, ValueError):
-                raise ValueError(f"OperatorSim {eid}: initial must be a number (MW), got {initial!r}") from None
-        try:
-            shaver = PeakShaver(target, share=1.0 if p.get("share") is None else p["share"],
-                                forecast_steps=p.get("forecast_steps") or 0,
-                                forecast=p.get("forecast") or "persistence", step_s=self.grid.step_s,
-                                initial_kw=initial)
-        except ValueError as exc:
-            raise ValueError(f"OperatorSim {eid}: {exc}") from None
-        self.shavers[eid] = shaver
-        return {"eid": eid, "type": "PeakShaver", "rel": [],
-                "extra_info": {"target": p["target"], "share": shaver.share, "forecast_steps": shaver.forecast_steps,
-                               "forecast": shaver.forecast}}
-
     # ------------------------------------------------------------------------------------------------ stepping
 
     def step(self, time: Time, inputs: InputData, max_advance: Time) -> Time:
         k = self.grid.step_index(time)  # an error for a time off the steps
         for eid, data in inputs.items():
-            if eid not in self.operators and eid not in self.limits and eid not in self.shavers:
+            if eid not in self.operators and eid not in self.limits:
                 raise ValueError(f"OperatorSim: inputs for an unknown entity {eid!r}")
         again = time == self._time  # iterative: the same time again (the loop's next round)
         self._time = time
@@ -258,19 +231,6 @@ class OperatorSim(mosaik_api_v3.Simulator):
             op.iterations += 1
             if self.iterative:
                 self._decide(op, time, k)
-        if self.iterative:  # a shaver steps once per time: again, from where it was before this time
-            for eid in self.shavers:
-                if again:
-                    self.shavers[eid] = copy.deepcopy(self._shavers_before[eid])
-                else:
-                    self._shavers_before[eid] = copy.deepcopy(self.shavers[eid])
-        for eid, shaver in self.shavers.items():
-            data = inputs.get(eid, {})
-            unknown = set(data) - set(_SHAVER_IN)
-            if unknown:
-                raise ValueError(f"OperatorSim {eid}: unexpected input(s) {sorted(unknown)}")
-            v = {name: attr.from_mosaik(data.get(name, {}).values()) for name, attr in _SHAVER_IN.items()}
-            shaver.step(v["P_feeder[MW]"], v["P_fleet[MW]"])
         self._stepped = True
         return time + self.grid.step_size
 
@@ -378,34 +338,7 @@ class OperatorSim(mosaik_api_v3.Simulator):
                         values[a] = _LIMIT_OUT[a].to_mosaik(lim.p_max_kw if a == "P_max[MW]" else lim.p_min_kw)
                 data[eid] = values
             elif eid in self.operators:
-                op = self.operators[eid]
-                values = {}
-                for a in attrs:
-                    if a == "n_limited":
-                        values[a] = None if op.result is None else sum(
-                            1 for r in op.result.values() if r.p_max_kw is not None or r.p_min_kw is not None)
-                    elif a == "Vm_min[pu]":
-                        values[a] = op.vm_min
-                    elif a == "loading_max[%]":
-                        values[a] = op.loading_max
-                    elif a == "iterations":
-                        values[a] = None if op.result is None else op.iterations
-                    elif a == "capped":
-                        values[a] = None if op.result is None else op.capped
-                    elif a == "capped_steps":
-                        values[a] = op.capped_steps
-                    else:
-                        raise ValueError(f"OperatorSim: {eid} has no output {a!r}")
-                data[eid] = values
-            elif eid in self.shavers:
-                last = self.shavers[eid].last
-                values = {}
-                for a in attrs:
-                    spec = _SHAVER_OUT.get(a)
-                    if spec is None:
-                        raise ValueError(f"OperatorSim: {eid} has no output {a!r}")
-                    values[a] = None if last is None else spec.to_mosaik(getattr(last, spec.source))
-                data[eid] = values
+                data[eid] = read_outputs("OperatorSim", eid, _OP, attrs, self.operators[eid])
             else:
                 raise ValueError(f"OperatorSim: no entity {eid!r}")
         return data
@@ -427,198 +360,3 @@ def _split_source(eid: str, src: str) -> tuple[str, str, int]:
     except ValueError:
         raise ValueError(f"OperatorSim {eid}: an input from {src!r}, which is not a grid element "
                          "(<sid>.Bus-<index>, .Line-<index> or .Transformer-<index>)") from None
-
-
-# ------------------------------------------------------------------------------------------------- wiring
-
-
-def _as_list(entities) -> list:
-    if entities is None:
-        return []
-    if hasattr(entities, "children") and hasattr(entities, "eid"):
-        return [entities]
-    return list(entities)
-
-
-def operator_groups(aggregators: Iterable, p_session_kw: float = P_SESSION_KW) -> list[dict]:
-    """The Operator's `groups` for the EVBus children of `aggregators` (Aggregator entities): id = the EVBus's full
-    id, its bus, weight = its sessions (at least 1: the room is shared by sessions), p_rated_kw = sessions x
-    `p_session_kw` (a limit above what its EVs could draw is no limit)."""
-    out = []
-    for agg in _as_list(aggregators):
-        for child in agg.children:
-            if child.type != "EVBus":
-                continue
-            info = child.extra_info or {}
-            n = int(info.get("n_sessions", 0) or 0)
-            out.append({"id": child.full_id, "bus": int(info["bus"]), "weight": float(max(n, 1)),
-                        "p_rated_kw": n * float(p_session_kw) if "n_sessions" in info else None})
-    if not out:
-        raise ValueError("operator_groups: the aggregators have no EVBus children")
-    return out
-
-
-def connect_operator(world: Any, operator: Any, grid: Any, aggregators: Iterable, *, coupling: str = "delayed",
-                     time_shifted: bool | None = None, measure_p: bool = True) -> dict[str, Any]:
-    """Wire an Operator: the grid's buses (Vm[pu], and P[MW] if measure_p), lines and transformers (loading[%])
-    -> the Operator; each EVBus child of `aggregators` P[MW] -> its BusLimit's P_ev[MW]; each BusLimit's P_max[MW]
-    and P_min[MW] -> its EVBus:
-
-    - coupling="delayed" (default): time-shifted (`time_shifted`, default True; initial data +inf / -inf: no limit
-      in the first step; the BusLimit's own "no limit" is None): the limits hold from the next step.
-    - coupling="iterative": weak connections closing a same-step loop. The grid, the aggregators and the operator
-      must have been started inside one ``with world.group():``, the grid and the aggregators with
-      ``same_step=True``, the OperatorSim with ``coupling="iterative"`` (each is checked: ValueError otherwise).
-
-    A BusLimit is matched to an EVBus by its group id (the EVBus's full id, as operator_groups makes them) or, for
-    an Operator made from buses, by bus. ValueError (nothing connected) for an EVBus without a BusLimit, a BusLimit
-    fed by two EVBus or by none, or a grid that is not the Operator's. Returns {EVBus full id: BusLimit entity}."""
-    if coupling not in COUPLINGS:
-        raise ValueError(f"connect_operator: coupling must be one of {', '.join(COUPLINGS)}, got {coupling!r}")
-    if coupling == "iterative" and time_shifted:
-        raise ValueError("connect_operator: coupling='iterative' closes the loop within the step (weak "
-                         "connections); time_shifted is for coupling='delayed'")
-    limits = [c for c in operator.children if c.type == "BusLimit"]
-    if operator.type != "Operator" or not limits:
-        raise ValueError(f"connect_operator: {operator.full_id} is not an Operator with BusLimit children")
-    by_id = {c.extra_info["group"]: c for c in limits}
-    evbuses = [c for agg in _as_list(aggregators) for c in agg.children if c.type == "EVBus"]
-    if not evbuses:
-        raise ValueError("connect_operator: the aggregators have no EVBus children")
-    pairs, problems, used = [], [], {}
-    for ev in evbuses:
-        lim = by_id.get(ev.full_id) or by_id.get(f"bus-{int(ev.extra_info['bus'])}")
-        if lim is None:
-            problems.append(f"{ev.full_id} (bus {ev.extra_info['bus']}) has no BusLimit (create the Operator with "
-                            f"groups=operator_groups(aggregators))")
-            continue
-        if lim.eid in used:
-            problems.append(f"{lim.full_id} (group {lim.extra_info['group']}) would limit both {used[lim.eid]} and "
-                            f"{ev.full_id}: give each its own group (operator_groups)")
-            continue
-        used[lim.eid] = ev.full_id
-        pairs.append((ev, lim))
-    unfed = [c.extra_info["group"] for c in limits if c.eid not in used]
-    if unfed:
-        problems.append(f"BusLimit group(s) {unfed[:5]} of {operator.full_id} match no EVBus of the aggregators")
-    grid_children = {c.eid: c for c in grid.children}
-    buses = [c for c in grid.children if c.type == "Bus"]
-    n_buses = (operator.extra_info or {}).get("n_buses")
-    if n_buses is not None and n_buses != len(buses):
-        problems.append(f"the grid {grid.full_id} has {len(buses)} buses, the Operator's grid "
-                        f"{operator.extra_info.get('grid')} {n_buses}: the Operator must be made from the same grid")
-    for ev, lim in pairs:
-        if int(lim.extra_info["bus"]) != int(ev.extra_info["bus"]):
-            problems.append(f"{lim.full_id} is for bus {lim.extra_info['bus']}, {ev.full_id} at bus "
-                            f"{ev.extra_info['bus']}")
-        if f"Bus-{int(ev.extra_info['bus'])}" not in grid_children:
-            problems.append(f"{ev.full_id} is at bus {ev.extra_info['bus']}, which the grid {grid.full_id} lacks")
-    for ev, _ in pairs[:1]:
-        if "P_max[MW]" not in ev.model_mock.input_attrs:
-            problems.append(f"the EVBus model of {ev.sid} takes no P_max[MW] input: its AggregatorSim does not "
-                            "accept bus limits")
-    if not problems:
-        problems += _coupling_problems(world, coupling, operator, grid, [ev for ev, _ in pairs])
-    if problems:
-        raise ValueError("connect_operator: " + "; ".join(problems))
-
-    for c in grid.children:
-        if c.type == "Bus":
-            world.connect(c, operator, "Vm[pu]", *(["P[MW]"] if measure_p else []))
-        elif c.type in ("Line", "Transformer"):
-            world.connect(c, operator, "loading[%]")
-    if coupling == "iterative":
-        # trigger inputs: no initial data (no limit until the first ones are sent); limit_by is not a trigger
-        shift = {"weak": True, "initial_data": {"binding": ""}}
-    else:
-        time_shifted = True if time_shifted is None else time_shifted
-        shift = {"time_shifted": time_shifted}
-        if time_shifted:  # no limit in the first step (None would leave mosaik without a value to pull, and warn)
-            shift["initial_data"] = {"P_max[MW]": math.inf, "P_min[MW]": -math.inf, "binding": ""}
-    out = {}
-    for ev, lim in pairs:
-        world.connect(ev, lim, ("P[MW]", "P_ev[MW]"))
-        # with what set the limit, so that the aggregator pools the limits one branch set (see the EVBus model),
-        # where its EVBus model takes it
-        by = [("binding", "limit_by")] if "limit_by" in ev.model_mock.input_attrs else []
-        kw = dict(shift, initial_data={k: v for k, v in shift.get("initial_data", {}).items()
-                                       if k != "binding" or by})
-        if not kw["initial_data"]:
-            kw.pop("initial_data")
-        world.connect(lim, ev, "P_max[MW]", "P_min[MW]", *by, **kw)
-        out[ev.full_id] = lim
-    return out
-
-
-def _group_of(entity: Any):
-    """The mosaik group (SimGroup) `entity`'s simulator was started in; None if this mosaik does not tell."""
-    mock = getattr(entity, "model_mock", None)
-    mock = getattr(mock, "_async_model_mock", mock)
-    return getattr(getattr(mock, "_factory", None), "_group", None)
-
-
-def _coupling_problems(world: Any, coupling: str, operator: Any, grid: Any, evbuses: list) -> list[str]:
-    """What keeps the simulators from the `coupling` (each named with the remedy)."""
-    problems = []
-    op_coupling = (operator.extra_info or {}).get("coupling", "delayed")
-    bus = next((c for c in grid.children if c.type == "Bus"), None)
-    ev_triggered = [ev for ev in evbuses if ev.triggered_by("P_max[MW]")]
-    if coupling == "delayed":
-        if op_coupling != "delayed":
-            problems.append(f"the OperatorSim {operator.sid} was started with coupling={op_coupling!r}: start it "
-                            "without (delayed) or connect with coupling='iterative'")
-        if ev_triggered:
-            problems.append(f"the AggregatorSim {ev_triggered[0].sid} was started with same_step=True (its limits "
-                            "are triggers): start it without for coupling='delayed', or use coupling='iterative'")
-        return problems
-    if op_coupling != "iterative":
-        problems.append(f"coupling='iterative' needs the OperatorSim started with coupling='iterative' "
-                        f"(world.start(..., coupling='iterative')); {operator.sid} has {op_coupling!r}")
-    if len(ev_triggered) != len(evbuses):
-        sids = sorted({ev.sid for ev in evbuses if ev not in ev_triggered})
-        problems.append(f"coupling='iterative' needs the AggregatorSim(s) {', '.join(sids)} started with "
-                        "same_step=True (world.start(..., same_step=True))")
-    if bus is None or not bus.triggered_by("P_load[MW]"):
-        problems.append(f"coupling='iterative' needs the grid {grid.full_id} started with same_step=True "
-                        "(world.start('Grid', ..., same_step=True); an evagg SimbenchGridSim)")
-    groups = {ent.sid: _group_of(ent) for ent in (grid, operator, *evbuses)}
-    if all(g is not None for g in groups.values()):
-        first = groups[grid.sid]
-        if any(g is not first for g in groups.values()) or getattr(first, "parent", None) is None:
-            where = ", ".join(f"{sid} in {'the main group' if getattr(g, 'parent', None) is None else 'a group'}"
-                              for sid, g in groups.items())
-            problems.append("coupling='iterative' needs the grid, the aggregators and the operator started inside "
-                            f"one `with world.group():` (mosaik closes same-step loops only within a group); {where}")
-    cap = (operator.extra_info or {}).get("max_iterations")
-    limit = getattr(world, "max_loop_iterations", None)
-    if limit is None:
-        limit = getattr(getattr(world, "_async_world", None), "max_loop_iterations", None)
-    if cap is not None and isinstance(limit, int) and cap > limit:
-        problems.append(f"the operator's max_iterations ({cap}) is above the world's max_loop_iterations ({limit}): "
-                        "mosaik would stop the run first; give mosaik.World(..., max_loop_iterations=...) more")
-    return problems
-
-
-def connect_peak_shaver(world: Any, shaver: Any, feeder: Any, aggregator: Any, fleet: Iterable | None = None, *,
-                        time_shifted=True, initial_ref: float | None = 0.0) -> None:
-    """Wire a PeakShaver: `feeder` (a Transformer: P_hv[MW]; an ExternalGrid: P[MW]) -> P_feeder[MW]; the P[MW]
-    of `fleet` (the aggregators on the feeder; default [aggregator]) -> P_fleet[MW]; P_ref[MW] (and P_forecast[MW]
-    if forecast_steps > 0) -> `aggregator`, time-shifted by default. In the first step, before any measurement,
-    the aggregator gets `initial_ref` (MW; default 0: the fleet idles) and an empty forecast; None sends no
-    reference (mosaik 3.6 then warns that it supplies None). Always delayed, also next to an iterative operator
-    (the aggregator's P_ref[MW] is no trigger: a reference acts from the next step)."""
-    attr = {"Transformer": "P_hv[MW]", "ExternalGrid": "P[MW]"}.get(feeder.type)
-    if attr is None:
-        raise ValueError(f"connect_peak_shaver: the feeder must be a Transformer or an ExternalGrid, got a "
-                         f"{feeder.type} ({feeder.full_id})")
-    if shaver.type != "PeakShaver":
-        raise ValueError(f"connect_peak_shaver: {shaver.full_id} is not a PeakShaver")
-    world.connect(feeder, shaver, (attr, "P_feeder[MW]"))
-    for agg in _as_list(fleet) or [aggregator]:
-        world.connect(agg, shaver, ("P[MW]", "P_fleet[MW]"))
-    attrs = ["P_ref[MW]"] + (["P_forecast[MW]"] if (shaver.extra_info or {}).get("forecast_steps") else [])
-    kw = {"time_shifted": time_shifted}
-    if time_shifted:
-        kw["initial_data"] = {"P_ref[MW]": None if initial_ref is None else float(initial_ref), "P_forecast[MW]": []}
-        kw["initial_data"] = {a: kw["initial_data"][a] for a in attrs}
-    world.connect(shaver, aggregator, *attrs, **kw)

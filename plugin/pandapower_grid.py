@@ -39,7 +39,7 @@ from .meta import GRID_MODELS, GRID_PARAMS, same_step_meta
 PROFILE_YEAR = 2016
 
 META = copy.deepcopy(_PP_META)
-META["models"]["Grid"]["params"] = list(META["models"]["Grid"]["params"]) + list(GRID_PARAMS)
+META["models"]["Grid"]["params"] = list(META["models"]["Grid"]["params"]) + [p.name for p in GRID_PARAMS]
 META["models"].update({name: spec.description() for name, spec in GRID_MODELS.items()})
 _OUTPUTS = {model: spec.output_attrs for model, spec in GRID_MODELS.items()}
 _RESULTS = {"Transformer": "res_trafo"}

@@ -13,86 +13,71 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import mosaik_api_v3
-from mosaik_api_v3.types import CreateResult, InputData, OutputData, OutputRequest, SimId, Time
+from mosaik_api_v3.types import CreateResult, InputData, Time
 
 from evagg.simulators.aggregator import SignalSource
-from evagg.simulators.synthetic import REFERENCE_KINDS, synthetic_fleet, synthetic_reference
+from evagg.simulators.synthetic import synthetic_fleet, synthetic_reference
 from evagg.simulators.tables import read_reference, read_sessions
 
-from .common import DEFAULT_START, TimeGrid, check_params
-from .meta import REFERENCE_MODELS, build_meta
+from .common import DEFAULT_TIME_ZERO, SteppedSim
+from .meta import REFERENCE_MODELS, build_meta, read_params
 
 log = logging.getLogger("evagg.plugin")
 
 META = build_meta(REFERENCE_MODELS, "time-based")
 _SPEC = REFERENCE_MODELS["Signal"]
-_OUTPUTS = _SPEC.output_attrs
 
 
-class ReferenceSim(mosaik_api_v3.Simulator):
+class ReferenceSim(SteppedSim):
     """Simulator params: step_size (default 900), start_date (ISO 8601, mosaik time 0)."""
+
+    NAME, MODEL, SPEC = "ReferenceSim", "Signal", _SPEC
 
     def __init__(self):
         super().__init__(META)
-        self.grid: TimeGrid | None = None
         self.signals: dict[str, tuple[SignalSource, int]] = {}  # eid -> (signal, forecast steps)
         self._k: int | None = None
 
-    def init(self, sid: SimId, time_resolution: float = 1.0, step_size: int = 900, start_date: str | None = None,
-             **sim_params):
-        if sim_params:
-            raise ValueError(f"ReferenceSim: unknown simulator parameter(s) {', '.join(sorted(sim_params))}; "
-                             "known: step_size, start_date")
-        self.grid = TimeGrid("ReferenceSim", time_resolution, step_size, start_date)
-        return self.meta
-
     def create(self, num: int, model: str, **p: Any) -> list[CreateResult]:
-        if model != "Signal":
-            raise ValueError(f"ReferenceSim: cannot create {model!r}; only 'Signal'")
-        check_params("ReferenceSim", model, p, _SPEC.params)
+        self.check_model(model)
+        checked = read_params("ReferenceSim", model, _SPEC, p)
         out = []
         for _ in range(num):
             eid = f"Signal-{len(self.signals)}"
-            self.signals[eid] = self._build(eid, p)
+            self.signals[eid] = self._build(eid, checked, p)
             src = self.signals[eid][0]
             out.append({"eid": eid, "type": "Signal",
                         "extra_info": {"start": str(src.reference.start), "end": str(src.reference.end),
                                        "n_steps": src.n_steps, "step_s": src.step_s}})
         return out
 
-    def _build(self, eid: str, p: dict) -> tuple[SignalSource, int]:
+    def _build(self, eid: str, p: dict, given: dict) -> tuple[SignalSource, int]:
         g = self.grid
-        fsteps = p.get("forecast_steps") or 0
-        if isinstance(fsteps, bool) or int(fsteps) != fsteps or fsteps < 0:
-            raise ValueError(f"ReferenceSim {eid}: forecast_steps must be a whole number >= 0, got {fsteps!r}")
-        fsteps = int(fsteps)
-        until = p.get("until")
-        if p.get("path") is not None:
+        fsteps = int(p["forecast_steps"])
+        until = p["until"]
+        if p["path"] is not None:
             extra = [k for k in ("kind", "seed", "sessions", "n_evs", "days", "v2g_share", "scale_kw", "n_steps")
-                     if p.get(k) is not None]
+                     if given.get(k) is not None]
             if extra:
                 raise ValueError(f"ReferenceSim {eid}: {', '.join(extra)} are for a synthetic signal, not with path")
-            start = g.start_for("ReferenceSim", p.get("start"), required_for="a signal CSV")
+            start = g.start_for("ReferenceSim", p["start"], required_for="a signal CSV")
             source = SignalSource(read_reference(p["path"]), start, g.step_s, source=f"signal {p['path']}")
         else:
-            kind = p.get("kind") or "regulation"
-            if kind not in REFERENCE_KINDS:
-                raise ValueError(f"ReferenceSim {eid}: kind must be one of {', '.join(REFERENCE_KINDS)}, got {kind!r}")
-            start = g.start_for("ReferenceSim", p.get("start")) or DEFAULT_START
+            kind = p["kind"]
+            start = g.start_for("ReferenceSim", p["start"]) or DEFAULT_TIME_ZERO
             fleet = None
-            if p.get("sessions") is not None and p.get("n_evs") is not None:
+            if p["sessions"] is not None and p["n_evs"] is not None:
                 raise ValueError(f"ReferenceSim {eid}: give sessions or n_evs for the baseline, not both")
-            if p.get("sessions") is not None:
+            if p["sessions"] is not None:
                 fleet = read_sessions(p["sessions"])
-            elif p.get("n_evs") is not None:
-                fleet = synthetic_fleet(int(p["n_evs"]), seed=p.get("seed", 0), start=str(start),
-                                        days=int(p.get("days", 1) or 1), v2g_share=float(p.get("v2g_share", 0.5)))
-            n_steps = p.get("n_steps")
+            elif p["n_evs"] is not None:
+                fleet = synthetic_fleet(int(p["n_evs"]), seed=p["seed"], start=str(start), days=int(p["days"]),
+                                        v2g_share=float(p["v2g_share"]))
+            n_steps = p["n_steps"]
             if n_steps is None:
                 n_steps = g.steps_until(until) if until is not None else max(86400 // g.step_s, 1)
             ref = synthetic_reference(fleet, start=str(start), step_s=g.step_s, n_steps=int(n_steps) + fsteps,
-                                      seed=p.get("seed", 0), kind=kind, scale_kw=p.get("scale_kw"))
+                                      seed=p["seed"], kind=kind, scale_kw=p["scale_kw"])
             source = SignalSource(ref, start, g.step_s, source=f"synthetic {kind} signal")
         if until is not None:
             source.check_covers(g.steps_until(until))
@@ -105,19 +90,22 @@ class ReferenceSim(mosaik_api_v3.Simulator):
         self._k = k
         return time + self.grid.step_size
 
-    def get_data(self, outputs: OutputRequest) -> OutputData:
-        data: OutputData = {}
-        for eid, attrs in outputs.items():
-            src, fsteps = self.signals[eid]
-            values = {}
-            for a in attrs:
-                if a not in _OUTPUTS:
-                    raise ValueError(f"ReferenceSim: {eid} has no output {a!r}")
-                if self._k is None:
-                    values[a] = None
-                elif a == "P_ref[MW]":
-                    values[a] = _OUTPUTS[a].to_mosaik(src.value(self._k))
-                else:
-                    values[a] = _OUTPUTS[a].to_mosaik(src.values(self._k + 1, fsteps, clip=True))
-            data[eid] = values
-        return data
+    def output_source(self, eid: str):
+        if eid not in self.signals:
+            raise ValueError(f"ReferenceSim: no entity {eid!r}")
+        return None if self._k is None else _SignalOutputs(*self.signals[eid], self._k)
+
+
+class _SignalOutputs:
+    """What a Signal's outputs are read from in step k: its value, and its next values (read when asked for)."""
+
+    def __init__(self, source: SignalSource, forecast_steps: int, k: int):
+        self._source, self._fsteps, self._k = source, forecast_steps, k
+
+    @property
+    def p_ref_kw(self) -> float:
+        return self._source.value(self._k)
+
+    @property
+    def forecast_kw(self):
+        return self._source.values(self._k + 1, self._fsteps, clip=True)

@@ -11,6 +11,7 @@ Error messages go to stderr as one line ``evagg: error: ...``; stdout carries th
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -18,8 +19,11 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from evagg.simulators import dispatch as dispatch_module  # looked up at the call (tests replace the function)
 from evagg.simulators.dispatch import METHODS
+from evagg.simulators.synthetic import synthetic_fleet, synthetic_reference
 from evagg.simulators.tables import (
     InputError,
     read_reference,
@@ -28,6 +32,10 @@ from evagg.simulators.tables import (
     write_reference,
     write_sessions,
 )
+
+from . import report
+from .errors import Interrupted, RunFailed, ScenarioError
+from .options import Options, add_arguments, from_arguments
 
 PROG = "evagg"
 
@@ -89,12 +97,10 @@ def _setup_dispatch(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_dispatch(args) -> int:
-    from evagg.simulators.dispatch import dispatch
-
     _check_out_dir(args.out)
     fleet = read_sessions(args.sessions)
     reference = read_reference(args.signal, step_s=args.signal_step)
-    result = dispatch(fleet, reference, method=args.method, time_limit_s=args.time_limit)
+    result = dispatch_module.dispatch(fleet, reference, method=args.method, time_limit_s=args.time_limit)
     if not (np.all(np.isfinite(result.pc)) and np.all(np.isfinite(result.pd)) and np.all(np.isfinite(result.energy))):
         # A dispatch with NaN / inf powers passes no constraint check meaningfully: never write it as a result.
         return _error(f"the {args.method} method returned non-finite powers or energies ({result.status}: "
@@ -146,8 +152,6 @@ def _setup_fleet(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_fleet(args) -> int:
-    from evagg.simulators.synthetic import synthetic_fleet, synthetic_reference
-
     _check_out_dir(args.out)
     step_s = n_steps = None
     if args.signal_out is not None:
@@ -200,79 +204,16 @@ Ctrl-C: the folder keeps every step done and summary.json says "complete": false
 
 
 def _setup_run(p: argparse.ArgumentParser) -> None:
-    from evagg.scenarios.common import DEFAULT_AGGREGATORS, DEFAULT_EVS, DEFAULT_GRID, DEFAULT_START, SCENARIOS
-
     p.description = RUN_DESCRIPTION
     p.epilog = RUN_EPILOG
-    # Values are checked by the scenario (one-line errors naming the option), so they are read as text here.
-    p.add_argument("scenario", nargs="?", default="feeder_day", metavar="SCENARIO",
-                   help=f"one of {', '.join(SCENARIOS)}; default: feeder_day")
-    p.add_argument("--evs", default=None, metavar="N", help=f"number of EVs (1-100000); default: {DEFAULT_EVS}")
-    p.add_argument("--days", default=None, metavar="D", help="simulated days (1-366); default: 1")
-    p.add_argument("--step-min", default=None, metavar="M",
-                   help="step in minutes (1-240, dividing a day); default: 15")
-    p.add_argument("--steps", default=None, metavar="S",
-                   help="run only the first S steps of the days (a quick trial); default: all")
-    p.add_argument("--grid", default=None, metavar="CODE|path.json",
-                   help=f"a simbench code (shipped with simbench, e.g. 1-LV-rural1--0-sw, 1-MV-rural--0-sw) or a "
-                        f"pandapower JSON file; default: {DEFAULT_GRID}")
-    p.add_argument("--method", default=None, metavar="M",
-                   help=f"dispatch method of the aggregators ({', '.join(METHODS)}), or a policy: <method>+grid "
-                        "(under a grid operator's limits), peak_shaving[+grid], no_evs; for grid_impact the policy "
-                        "compared with uncontrolled, edf, <method>+grid and peak_shaving; default: dcls")
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="results folder; default: results/<scenario>-<timestamp>/; must not exist or be empty")
-    p.add_argument("--overwrite", action="store_true", help="replace the results folder --out if it holds results")
-    p.add_argument("--seed", default=None, metavar="K", help="random seed of the fleet and signal; default: 1")
-    p.add_argument("--v2g-share", default=None, metavar="F", help="share of EVs (0-1) that can discharge; default: 0.5")
-    p.add_argument("--aggregators", default=None, metavar="A",
-                   help=f"aggregators sharing the EVs (1-16), each its own simulator; default: {DEFAULT_AGGREGATORS}")
-    p.add_argument("--signal", default=None, metavar="R.csv",
-                   help="reference signal for the whole fleet (CSV: time, p_ref_kw), shared by the aggregators in "
-                        "proportion to their EVs; default: synthetic regulation around each fleet's charging need")
-    p.add_argument("--start", default=None, metavar="ISO",
-                   help=f"start of the simulated period (profiles are read at the same date in 2016); default: "
-                        f"{DEFAULT_START}")
-    p.add_argument("--horizon", default=None, metavar="H",
-                   help="steps each re-dispatch plans ahead (1-192); default: 16")
-    p.add_argument("--forecast", default=None, metavar="perfect|hold",
-                   help="what the aggregators know of the reference's next steps: perfect (the signal's values) or "
-                        "hold (the current value held); default: perfect")
-    p.add_argument("--v-band", default=None, metavar="LO,HI", help="voltage band in pu; default: 0.95,1.05")
-    p.add_argument("--policies", default=None, metavar="LIST",
-                   help="grid_impact: comma-separated policies to compare (methods, <method>+grid, "
-                        "peak_shaving[+grid], no_evs); default: uncontrolled,edf,dcls,dcls+grid,peak_shaving")
-    p.add_argument("--coupling", default=None, metavar="delayed|iterative",
-                   help="grid-aware policies: the operator's limits act one step late (delayed: mosaik time-shifted "
-                        "connections) or are settled within each step (iterative: a same-step loop of grid, "
-                        "aggregators and operator); default: delayed")
-    p.add_argument("--peak-target", default=None, metavar="KW",
-                   help="peak_shaving: the feeder level (kW, at the transformer) to keep the load below; default: "
-                        "the flat level the day's base load plus the EVs' energy would fill")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (it is shown on a terminal only)")
-    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots (evagg report DIR makes them later)")
+    add_arguments(p)  # from the options' table; the values are checked by Options.make (one-line errors)
 
 
 def _cmd_run(args) -> int:
-    from evagg.scenarios import report
-    from evagg.scenarios.common import SCENARIOS, Interrupted, RunFailed, ScenarioError
-
-    if args.scenario not in SCENARIOS:
-        return _usage_error(f"unknown scenario {args.scenario!r}; choose one of {', '.join(SCENARIOS)}")
-    options = {
-        "evs": args.evs, "days": args.days, "step_min": args.step_min, "steps": args.steps, "grid": args.grid,
-        "method": args.method, "out": args.out, "overwrite": args.overwrite, "seed": args.seed,
-        "v2g_share": args.v2g_share, "aggregators": args.aggregators, "signal": args.signal, "start": args.start,
-        "horizon": args.horizon, "forecast": args.forecast, "v_band": args.v_band, "policies": args.policies,
-        "coupling": args.coupling, "peak_target_kw": args.peak_target,
-        "progress": not args.no_progress and sys.stderr.isatty(), "plots": not args.no_plots,
-    }
-    options = {k: v for k, v in options.items() if v is not None}
-    if args.scenario != "grid_impact" and "policies" in options:
-        return _usage_error("--policies is for the grid_impact scenario")
-    module = __import__(f"evagg.scenarios.{args.scenario}", fromlist=["main"])
     try:
-        summary = module.main(**options)
+        opts = Options.make(args.scenario, **from_arguments(args))
+        # the scenario's module by its name (imported here only: `evagg dispatch` and `fleet` need no mosaik)
+        summary = importlib.import_module(f"evagg.scenarios.{opts.scenario}").run(opts)
     except ScenarioError as exc:
         return _usage_error(str(exc))
     except RunFailed as exc:
@@ -303,9 +244,6 @@ def _setup_report(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_report(args) -> int:
-    from evagg.scenarios import report
-    from evagg.scenarios.common import ScenarioError
-
     try:
         text = report.remake(args.dir)
     except ScenarioError as exc:
@@ -390,39 +328,28 @@ def _check_out_dir(path: Path) -> None:
         raise _UsageError(f"{path}: cannot write in the directory {directory}")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not np.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return v
+def _number_arg(kind: type, lo: float, strict: bool, what: str):
+    """An argparse type: a number of `kind` (int or float) above `lo` (strict) or at least `lo`."""
+
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a {'whole number' if kind is int else 'number'}") from None
+        if not np.isfinite(v) or (v <= lo if strict else v < lo):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {what}")
+        return v
+
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be positive")
-    return v
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return v
+_positive_float = _number_arg(float, 0, True, "a positive number")
+_positive_int = _number_arg(int, 0, True, "positive")
+_non_negative_int = _number_arg(int, 0, False, ">= 0")
 
 
 def _iso_time(text: str) -> str:
-    import pandas as pd
-
     try:
         pd.to_datetime(text, format="ISO8601")
     except (TypeError, ValueError):
@@ -467,6 +394,7 @@ def _buses(text: str) -> list[int]:
     if not out or min(out) < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must list non-negative bus indices")
     return out
+
 
 
 if __name__ == "__main__":

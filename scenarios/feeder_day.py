@@ -1,7 +1,7 @@
 """feeder_day: a day (or a few) of a simbench feeder with EV aggregators, in mosaik.
 
-    python -m evagg.scenarios.feeder_day [--evs N] [--days D] [--step-min M] [--grid CODE|path.json] ...
-    evagg run feeder_day ...                       (the same)
+    evagg run feeder_day [--evs N] [--days D] [--step-min M] [--grid CODE|path.json] ...
+    python -m evagg.scenarios feeder_day ...       (the same)
     from evagg.scenarios import feeder_day; feeder_day.main(evs=60, days=1, out="results/day")
 
 The world:
@@ -11,7 +11,7 @@ The world:
   profiles at the simulated time (`evagg.plugin.SimbenchGridSim`); default period: a winter weekday from
   noon (2026-01-14 12:00, profiles of 2016-01-14) to the next noon;
 - ``EVAgg``: one simulator per aggregator (default 2, sharing 60 EVs), each an evagg ``Aggregator`` whose EVs
-  sit at the feeder's load buses (`evagg.scenarios.common.build_fleet`: each EV at a fixed bus, one plug-in
+  sit at the feeder's load buses (`evagg.scenarios.inputs.build_fleet`: each EV at a fixed bus, one plug-in
   session a day; sessions plugged in before the start join at the start, as charged as an uncontrolled charger
   would have left them); each ``EVBus`` child feeds its bus's ``P_load[MW]``;
 - ``Ref``: a reference signal per aggregator (synthetic regulation around its fleet's spread-out charging need,
@@ -21,40 +21,35 @@ The world:
   power, each signal, every bus's voltage and power, every line's and transformer's loading, the external
   grid's power.
 
-`main(**options)` runs it into a results folder (see `evagg.scenarios.common`) and returns the summary;
-the options are those of `evagg.scenarios.common.Options` (days, step_min, evs, aggregators, v2g_share, method,
-seed, grid, start, signal, horizon, forecast, v_band, out, overwrite, progress, plots).
+`main(**options)` runs it into a results folder (see `evagg.scenarios.folder`) and returns the summary;
+the options are those of `evagg.scenarios.options.Options` (days, step_min, evs, aggregators, v2g_share, method,
+seed, grid, start, signal, horizon, forecast, v_band, out, overwrite, progress, plots); `run(opts)` takes them
+checked.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shlex
 import shutil
 import sys
 import time
 from pathlib import Path
 
+import mosaik
 import numpy as np
 
-from .common import (
-    INPUTS,
-    RESULTS,
-    SUMMARY,
-    TIMING,
-    CtrlC,
-    Interrupted,
-    Options,
-    Policy,
-    Progress,
-    RunFailed,
-    build_fleet,
-    check_inputs,
-    check_out,
-    derived_seed,
-    elapsed,
-    make_out,
-    quiet_mosaik,
-    write_json,
-)
+from evagg.plugin import connect_buses, connect_operator, connect_peak_shaver, operator_groups
+from evagg.simulators.peak_shaving import flat_level_kw
+from evagg.simulators.reference import Reference
+from evagg.simulators.tables import read_sessions, write_reference, write_sessions
+
+from . import report
+from .bookkeeping import CtrlC, Progress, elapsed, quiet_mosaik
+from .errors import Interrupted, RunFailed
+from .folder import INPUTS, RESULTS, SUMMARY, TIMING, check_out, make_out, write_json
+from .inputs import build_fleet, check_inputs, derived_seed
+from .options import Options, Policy
 
 SIM_CONFIG = {
     "Grid": {"python": "evagg.plugin:SimbenchGridSim"},
@@ -62,6 +57,7 @@ SIM_CONFIG = {
     "Ref": {"python": "evagg.plugin:ReferenceSim"},
     "Results": {"python": "evagg.plugin:CollectorSim"},
     "Operator": {"python": "evagg.plugin:OperatorSim"},
+    "PeakShaver": {"python": "evagg.plugin:PeakShaverSim"},
 }
 
 AGGREGATOR_OUTPUTS = ("P[MW]", "P_ref[MW]", "tracking_error[MW]", "n_plugged", "energy[MWh]", "shortfall[MWh]",
@@ -84,9 +80,6 @@ def remote_aggregator_config() -> dict:
 def write_inputs(opts: Options, feeder, reference, out: Path) -> list[dict]:
     """The aggregators' sessions (and signal) tables in out/inputs/; one dict per aggregator (paths relative to
     `out`, so that summary.json does not depend on where the folder is)."""
-    from evagg.simulators.reference import Reference
-    from evagg.simulators.tables import write_reference, write_sessions
-
     (out / INPUTS).mkdir(exist_ok=True)
     sizes = opts.fleet_sizes()
     aggs = []
@@ -105,7 +98,7 @@ def write_inputs(opts: Options, feeder, reference, out: Path) -> list[dict]:
     return aggs
 
 
-def build_world(opts: Options, policy: str, out: Path, aggs: list[dict], on_step=None, peak_target_kw=None):
+def build_world(opts: Options, pol: Policy, out: Path, aggs: list[dict], on_step=None, peak_target_kw=None):
     """The mosaik world of one run under `policy` (see `Policy`; not yet run): returns (world, entities).
 
     Grid-aware policies add an Operator (evagg.plugin.OperatorSim) that sends each aggregator's EVs at each bus
@@ -113,13 +106,6 @@ def build_world(opts: Options, policy: str, out: Path, aggs: list[dict], on_step
     within the step (coupling "iterative": the grid, the aggregators and the operator in one mosaik group, the
     limits going back over weak connections). peak_shaving replaces the signal by a PeakShaver per aggregator
     (target `peak_target_kw`, shared in proportion to the aggregators' EVs)."""
-    import contextlib
-
-    import mosaik
-
-    from evagg.plugin import connect_buses
-
-    pol = Policy.parse(policy)
     config = dict(SIM_CONFIG)
     if opts.remote:
         config["EVAgg"] = remote_aggregator_config()
@@ -152,8 +138,6 @@ def build_world(opts: Options, policy: str, out: Path, aggs: list[dict], on_step
                 world.connect(agg, timing, "solve_time[s]")
                 entities["aggregators"].append(agg)
             if pol.grid_aware:
-                from evagg.plugin import connect_operator, operator_groups
-
                 op_sim = world.start("Operator", step_size=step, start_date=start,
                                      **({"coupling": "iterative"} if iterative else {}))
                 lo, hi = opts.v_band  # the operator keeps the study's band, with a margin that fits inside it
@@ -168,7 +152,7 @@ def build_world(opts: Options, policy: str, out: Path, aggs: list[dict], on_step
             sessions = str((out / a["sessions"]).resolve())
             if pol.reference == "peak_shaving":
                 if shaver_sim is None:  # one simulator for the aggregators' shavers
-                    shaver_sim = world.start("Operator", step_size=step, start_date=start)
+                    shaver_sim = world.start("PeakShaver", step_size=step, start_date=start)
                 sig = _peak_shaver(world, shaver_sim, grid, agg, entities["aggregators"], a["evs"] / opts.evs,
                                    peak_target_kw, fsteps)
             elif a["signal"] is not None:
@@ -194,8 +178,6 @@ def build_world(opts: Options, policy: str, out: Path, aggs: list[dict], on_step
 def _peak_shaver(world, sim, grid, agg, fleet: list, share: float, target_kw: float, fsteps: int):
     """A PeakShaver for `agg`: its share of the room below `target_kw` on the feeder (the transformer's P_hv, or the
     external grid's P), measured one step before."""
-    from evagg.plugin import connect_peak_shaver
-
     feeder = next((c for c in grid.children if c.type == "Transformer"), None) or next(
         c for c in grid.children if c.type == "ExternalGrid")
     shaver = sim.PeakShaver(target=target_kw / 1000.0, share=share, forecast_steps=fsteps)
@@ -220,8 +202,6 @@ def peak_target_kw(opts: Options, feeder, out: Path, aggs: list[dict]) -> float:
     energy the EVs need over the run would fill (valley filling known a day ahead from the load profiles)."""
     if opts.peak_target_kw is not None:
         return float(opts.peak_target_kw)
-    from evagg.simulators.peak_shaving import flat_level_kw
-    from evagg.simulators.tables import read_sessions
 
     need = 0.0
     for a in aggs:
@@ -231,17 +211,17 @@ def peak_target_kw(opts: Options, feeder, out: Path, aggs: list[dict]) -> float:
     return flat_level_kw(feeder_base_kw(feeder, opts), need, opts.step_s)
 
 
-def simulate(opts: Options, method: str, out: Path, aggs: list[dict], progress: Progress,
+def simulate(opts: Options, policy: Policy, out: Path, aggs: list[dict], progress: Progress,
              peak_target=None) -> dict:
     """Run one world into `out` (which exists). Returns the run's bookkeeping; raises Interrupted (Ctrl-C) or
     RunFailed after writing an incomplete summary.json; the caller writes the complete one."""
     t0 = time.perf_counter()
     done_before = progress.done
-    record = {"complete": False, "method": method, "steps_done": 0, "n_steps": opts.n_steps}
+    record = {"complete": False, "method": policy.name, "steps_done": 0, "n_steps": opts.n_steps}
     world = None
     with CtrlC() as ctrl_c:
         try:
-            world, _ = build_world(opts, method, out, aggs, on_step=progress, peak_target_kw=peak_target)
+            world, _ = build_world(opts, policy, out, aggs, on_step=progress, peak_target_kw=peak_target)
             record["setup_s"] = elapsed(t0)
             world.run(until=opts.until, print_progress=False, shutdown=False)
         except KeyboardInterrupt:
@@ -267,8 +247,6 @@ def simulate(opts: Options, method: str, out: Path, aggs: list[dict], progress: 
 def _stop(world) -> None:
     """Shut the world down, also after Ctrl-C or a failure left mosaik's tasks pending (cancelled first, so that
     nothing complains about them at exit)."""
-    import asyncio
-
     loop = world.loop
     if not loop.is_closed():
         # mosaik's per-simulator runners (its own tasks, e.g. the server's, are left to its shutdown)
@@ -286,20 +264,18 @@ def _stop(world) -> None:
         pass
 
 
-def run_into(opts: Options, out: Path, feeder, reference, method: str, progress: Progress) -> dict:
-    """One run of the feeder day into the (existing, empty) folder `out`; returns its summary (also written).
-    Raises Interrupted / RunFailed (after writing an incomplete summary) if it did not finish."""
-    from . import report
-
+def run_into(opts: Options, out: Path, feeder, reference, policy: Policy, progress: Progress) -> dict:
+    """One run of the feeder day under `policy` into the (existing, empty) folder `out`; returns its summary (also
+    written). Raises Interrupted / RunFailed (after writing an incomplete summary) if it did not finish."""
     t0 = time.perf_counter()
     aggs = write_inputs(opts, feeder, reference, out)
-    base = {"complete": False, "scenario": opts.scenario, "method": method, "options": opts.as_dict(),
+    base = {"complete": False, "scenario": opts.scenario, "method": policy.name, "options": opts.as_dict(),
             "grid": feeder.describe(), "aggregators": aggs}
     target = None
-    if Policy.parse(method).reference == "peak_shaving":
+    if policy.reference == "peak_shaving":
         target = base["peak_target_kw"] = round(peak_target_kw(opts, feeder, out, aggs), 6)
     write_json(out / SUMMARY, base)  # says "incomplete" from the start: a killed run leaves it so
-    record = simulate(opts, method, out, aggs, progress, peak_target=target)
+    record = simulate(opts, policy, out, aggs, progress, peak_target=target)
     summary = report.summarize(out, base, record)
     summary["timing"]["total_s"] = elapsed(t0)
     write_json(out / SUMMARY, summary)
@@ -313,9 +289,13 @@ def run_into(opts: Options, out: Path, feeder, reference, method: str, progress:
 
 
 def main(**options) -> dict:
-    """Run the feeder day (options: see `evagg.scenarios.common.Options`); returns summary.json's content.
+    """Run the feeder day (options: see `evagg.scenarios.options.Options`); returns summary.json's content.
     ScenarioError (nothing written) for bad options; Interrupted / RunFailed leave an incomplete results folder."""
-    opts = Options.make(options.pop("scenario", "feeder_day"), **options)
+    return run(Options.make(options.pop("scenario", "feeder_day"), **options))
+
+
+def run(opts: Options) -> dict:
+    """Run the feeder day with checked options (`Options.make`); see `main`."""
     feeder, reference = check_inputs(opts)
     out = check_out(opts.out, opts.scenario, opts.overwrite)
     quiet_mosaik()
@@ -327,9 +307,3 @@ def main(**options) -> dict:
         progress.close()
     summary["out"] = str(out)
     return summary
-
-
-if __name__ == "__main__":
-    from .cli import main as cli_main
-
-    sys.exit(cli_main(["run", "feeder_day", *sys.argv[1:]]))

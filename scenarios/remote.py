@@ -10,19 +10,18 @@ TCP on the loopback. The results are the same as feeder_day's, value for value (
 """
 from __future__ import annotations
 
-import sys
-
 from . import feeder_day
+from .options import Options
 
 
 def main(**options) -> dict:
-    """feeder_day with remote aggregators (options: see `evagg.scenarios.common.Options`)."""
+    """feeder_day with remote aggregators (options: see `evagg.scenarios.options.Options`)."""
     options.pop("scenario", None)
     options.pop("remote", None)
-    return feeder_day.main(scenario="remote", remote=True, **options)
+    return run(Options.make("remote", remote=True, **options))
 
 
-if __name__ == "__main__":
-    from .cli import main as cli_main
+def run(opts: Options) -> dict:
+    """feeder_day with checked options (`Options.make("remote", ...)`: remote aggregators)."""
+    return feeder_day.run(opts)
 
-    sys.exit(cli_main(["run", "remote", *sys.argv[1:]]))

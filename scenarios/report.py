@@ -32,10 +32,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .common import RESULTS, SUMMARY, TIMING, ScenarioError, read_json, write_json
+from evagg.simulators.collector import read_table
 
-__all__ = ["figures", "summarize", "plot_run", "plot_policies", "table_text", "comparison_frame", "remake",
-           "FIGURES", "wide"]
+from .errors import ScenarioError
+from .folder import RESULTS, SUMMARY, TIMING, read_json, write_json
+
+__all__ = ["figures", "summarize", "plot_run", "plot_policies", "table_text", "comparison_frame", "finish",
+           "with_penalties", "remake", "FIGURES", "wide"]
 
 # key, label, format
 FIGURES = (
@@ -70,8 +73,6 @@ def kind_of(entity: str) -> str:
 
 
 def read_results(out) -> pd.DataFrame:
-    from evagg.simulators.collector import read_table
-
     path = Path(out) / RESULTS
     if not path.is_file():
         raise ScenarioError(f"{out}: no {RESULTS} (not a results folder, or the run never started)")
@@ -167,8 +168,6 @@ def _r(value, digits):
 
 def timing(out) -> dict:
     """Solve time from timing.csv (s): the aggregators' summed wall time over the run, and the longest step."""
-    from evagg.simulators.collector import read_table
-
     path = Path(out) / TIMING
     if not path.is_file():
         return {"solve_time_s": None, "solve_time_max_step_s": None}
@@ -237,6 +236,47 @@ def table_text(summaries: dict) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------------------------- comparison
+
+
+def finish(out: Path, top: dict, runs: dict, plots: bool = True) -> dict:
+    """The folder's summary.json, comparison.csv and policies.png from the policies' summaries `runs`."""
+    out = Path(out)
+    top = dict(top)
+    runs = with_penalties(runs)
+    top["policies_run"] = list(runs)
+    top["figures"] = {name: s.get("figures", {}) for name, s in runs.items()}
+    total = (top.get("timing") or {}).get("total_s")
+    top["timing"] = {name: s.get("timing", {}) for name, s in runs.items()}
+    if total is not None:
+        top["timing"]["total_s"] = total
+    top["complete"] = (bool(runs) and all(s.get("complete") for s in runs.values())
+                       and list(runs) == list(top["options"]["policies"]))
+    frame = comparison_frame(runs)
+    frame.index.name = "figure"
+    frame.to_csv(out / "comparison.csv", lineterminator="\n")
+    write_json(out / SUMMARY, top)
+    with_steps = {n: s for n, s in runs.items() if (s.get("figures") or {}).get("steps")}
+    if plots and with_steps:
+        plot_policies(out, with_steps)
+    return top
+
+
+def with_penalties(runs: dict) -> dict:
+    """`runs` with, for each grid-aware policy "<p>+grid" whose "<p>" ran too, the tracking RMSE it gave up to the
+    grid limits (kW; figure tracking_rmse_penalty_kw): the same feeder, fleet and reference with and without the
+    operator."""
+    out = {}
+    for name, s in runs.items():
+        base = runs.get(name[:-len("+grid")]) if name.endswith("+grid") else None
+        f, fb = (s.get("figures") or {}), ((base or {}).get("figures") or {})
+        if f.get("tracking_rmse_kw") is not None and fb.get("tracking_rmse_kw") is not None:
+            s = dict(s, figures=dict(f, tracking_rmse_penalty_kw=round(f["tracking_rmse_kw"]
+                                                                        - fb["tracking_rmse_kw"], 4)))
+        out[name] = s
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- plots
 
 PLOTS = ("power.png", "energy.png", "voltage.png", "loading.png")
@@ -277,6 +317,15 @@ def _save(fig, path) -> None:
     plt.close(fig)
 
 
+def _finish(fig, ax, times, path: Path) -> Path:
+    """A one-axes plot's legend and time axis; saved at `path` (returned)."""
+    ax.legend(loc="best", fontsize=8)
+    _time_axis(ax, times)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
 def _title(summary: dict) -> str:
     o = summary["options"]
     return (f"{summary.get('grid', {}).get('grid', o['grid'])}, {o['evs']} EVs, {summary.get('method', o['method'])}, "
@@ -304,11 +353,7 @@ def plot_run(out, summary: dict, table: pd.DataFrame | None = None) -> list[Path
     ax.axhline(0, color="0.5", lw=0.5)
     ax.set_ylabel("power [kW] (+ = drawn from the grid)")
     ax.set_title(f"Aggregate EV power vs reference: {title}")
-    ax.legend(loc="best", fontsize=8)
-    _time_axis(ax, t)
-    fig.tight_layout()
-    _save(fig, out / "power.png")
-    written.append(out / "power.png")
+    written.append(_finish(fig, ax, t, out / "power.png"))
 
     energy = wide(table, "Aggregator", "energy[MWh]") * 1000.0
     soc = {q: wide(table, "Aggregator", f"soc_{q}[%]") for q in ("min", "p10", "p50", "p90", "max")}
@@ -355,11 +400,7 @@ def plot_run(out, summary: dict, table: pd.DataFrame | None = None) -> list[Path
         ax.axhline(v, color="k", ls="--", lw=0.8)
     ax.set_ylabel("voltage [pu]")
     ax.set_title(f"Bus voltages ({lo:g}-{hi:g} pu band dashed): {title}")
-    ax.legend(loc="best", fontsize=8)
-    _time_axis(ax, tv)
-    fig.tight_layout()
-    _save(fig, out / "voltage.png")
-    written.append(out / "voltage.png")
+    written.append(_finish(fig, ax, tv, out / "voltage.png"))
 
     lines = wide(table, "Line", "loading[%]")
     trafo = wide(table, "Transformer", "loading[%]")
@@ -374,11 +415,8 @@ def plot_run(out, summary: dict, table: pd.DataFrame | None = None) -> list[Path
     ax.axhline(100, color="k", ls="--", lw=0.8)
     ax.set_ylabel("loading [%]")
     ax.set_title(f"Line and transformer loading: {title}")
-    ax.legend(loc="best", fontsize=8)
-    _time_axis(ax, _times(lines.index if len(lines.columns) else trafo.index))
-    fig.tight_layout()
-    _save(fig, out / "loading.png")
-    written.append(out / "loading.png")
+    written.append(_finish(fig, ax, _times(lines.index if len(lines.columns) else trafo.index),
+                           out / "loading.png"))
     return written
 
 
@@ -440,8 +478,6 @@ def remake(out) -> str:
     except ValueError as exc:
         raise ScenarioError(f"{out / SUMMARY}: not valid JSON ({exc})") from None
     if summary.get("scenario") == "grid_impact":
-        from .grid_impact import finish
-
         runs = {}
         for name in summary.get("policies_run", []):
             sub = out / name

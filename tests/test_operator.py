@@ -19,7 +19,7 @@ from mosaik.starters import PythonStarter
 
 import mosaik_api_v3
 
-from evagg.plugin.operator_sim import OperatorSim, connect_operator, connect_peak_shaver, operator_groups
+from evagg.plugin import OperatorSim, PeakShaverSim, connect_operator, connect_peak_shaver, operator_groups
 from evagg.simulators.operator import Group, GridOperator, measurements_from_net
 from evagg.simulators.peak_shaving import PeakShaver, flat_level_kw
 
@@ -418,7 +418,8 @@ def tiny_world(tmp_path):
     path = tmp_path / "tiny.json"
     pp.to_json(radial_net(), str(path))
     world = mosaik.World({"Grid": {"python": "evagg.plugin:SimbenchGridSim"},
-                          "Op": {"python": "evagg.plugin:OperatorSim"}, "Fake": PythonStarter(FakeAggregator)},
+                          "Op": {"python": "evagg.plugin:OperatorSim"}, "Fake": PythonStarter(FakeAggregator),
+                          "Shaver": {"python": "evagg.plugin:PeakShaverSim"}},
                          debug=False)
     try:
         grid = world.start("Grid", step_size=STEP).Grid(grid=str(path))
@@ -436,7 +437,7 @@ def test_mosaik_world_limits_reach_the_evs_one_step_later(tmp_path):
         groups = operator_groups([agg])
         assert [g["id"] for g in groups] == [f"{agg.sid}.EVBus-0-{b}" for b in SCHEDULE]
         op = op_sim.Operator(grid=str(path), groups=groups)
-        shaver = op_sim.PeakShaver(target=0.05, forecast_steps=2)
+        shaver = world.start("Shaver", step_size=STEP).PeakShaver(target=0.05, forecast_steps=2)
         buses = {c.eid: c for c in grid.children}
         for child in agg.children:
             world.connect(child, buses[f"Bus-{child.extra_info['bus']}"], ("P[MW]", "P_load[MW]"))
@@ -513,8 +514,10 @@ def test_operator_sim_maps_sources_to_grid_elements_and_rejects_others(tmp_path)
         sim.create(1, "Operator", grid=str(path), buses=[A2], gain=2.0)
     with pytest.raises(ValueError, match="unknown parameter"):
         sim.create(1, "Operator", grid=str(path), buses=[A2], vmin=0.9)
+    shavers = PeakShaverSim()
+    shavers.init("Shaver-0", time_resolution=1.0, step_size=STEP)
     with pytest.raises(ValueError, match="target"):
-        sim.create(1, "PeakShaver", target="lots")
+        shavers.create(1, "PeakShaver", target="lots")
 
 
 def test_connect_operator_refuses_an_evbus_without_its_limit(tmp_path):

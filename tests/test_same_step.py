@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from mosaik.starters import PythonStarter
 
-from evagg.plugin import AggregatorSim, OperatorSim, connect_buses
-from evagg.plugin.operator_sim import connect_operator, operator_groups
+from evagg.plugin import AggregatorSim, OperatorSim, PeakShaverSim, connect_buses
+from evagg.plugin import connect_operator, operator_groups
 
 pp = pytest.importorskip("pandapower")
 pytest.importorskip("simbench")
@@ -284,13 +284,13 @@ def test_operator_rounds_send_only_moved_limits_and_stop_at_the_cap(tmp_path):
 
 
 def test_a_peak_shaver_stepped_again_at_the_same_time_steps_once():
-    sim = OperatorSim()
-    sim.init("Op-0", step_size=STEP, coupling="iterative")
+    sim = PeakShaverSim()
+    sim.init("Shaver-0", step_size=STEP)
     sim.create(1, "PeakShaver", target=0.1, forecast_steps=2)
     for p_feeder in (0.30, 0.25, 0.20):  # the same time, three rounds: the last one counts
         sim.step(0, {"PeakShaver-0": {"P_feeder[MW]": {"G.T": p_feeder}, "P_fleet[MW]": {"A.A": 0.05}}}, 10**9)
-    once = OperatorSim()
-    once.init("Op-1", step_size=STEP)
+    once = PeakShaverSim()
+    once.init("Shaver-1", step_size=STEP)
     once.create(1, "PeakShaver", target=0.1, forecast_steps=2)
     once.step(0, {"PeakShaver-0": {"P_feeder[MW]": {"G.T": 0.20}, "P_fleet[MW]": {"A.A": 0.05}}}, 10**9)
     attrs = ["P_ref[MW]", "P_forecast[MW]", "P_base[MW]"]

@@ -22,7 +22,9 @@ pytest.importorskip("mosaik_components.pandapower")
 
 from evagg.scenarios import feeder_day, grid_impact, remote  # noqa: E402
 from evagg.scenarios.cli import SUBCOMMANDS, main  # noqa: E402
-from evagg.scenarios.common import DEFAULT_GRID, Options, ScenarioError, build_fleet  # noqa: E402
+from evagg.scenarios.errors import ScenarioError  # noqa: E402
+from evagg.scenarios.inputs import build_fleet  # noqa: E402
+from evagg.scenarios.options import DEFAULT_GRID, Options  # noqa: E402
 from evagg.simulators.grids import load_grid, profile_rows  # noqa: E402
 from evagg.simulators.reference import Reference  # noqa: E402
 from evagg.simulators.tables import read_sessions, write_reference  # noqa: E402
@@ -393,16 +395,16 @@ def test_overwrite_replaces_a_results_folder(day, tmp_path, capsys):
 
 def press_ctrl_c_after(monkeypatch, n: int) -> None:
     """A real SIGINT to this process once the results table has `n` steps."""
-    from evagg.scenarios import common
+    from evagg.scenarios import bookkeeping
 
-    real = common.Progress.__call__
+    real = bookkeeping.Progress.__call__
 
     def step(self, time_):
         real(self, time_)
         if self.done == n:
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(common.Progress, "__call__", step)
+    monkeypatch.setattr(bookkeeping.Progress, "__call__", step)
 
 
 def test_ctrl_c_leaves_an_incomplete_folder_with_the_steps_done(tmp_path, capsys, monkeypatch):

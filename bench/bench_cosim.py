@@ -2,7 +2,7 @@
 one day of 15-minute steps, alone and with an aggregator of N synthetic EVs spread over the grid's load buses,
 following a synthetic regulation signal (ReferenceSim), each EVBus feeding its grid bus.
 
-    python -m evagg.plugin.benchmark --n-evs 1000 --method dchr
+    python bench/bench_cosim.py --n-evs 1000 --method dchr
 
 Prints one JSON line: wall times of the two runs (world.run only, set-up apart) and their ratio, the aggregator's
 re-dispatch time per step, and the tracking RMSE. All in one process (python starters); loopback only.
