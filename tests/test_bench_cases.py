@@ -1,0 +1,204 @@
+"""The benchmark case generator (bench/cases.py): seeded, valid by the data conventions, and its cases have the
+properties they are named for. Reachability is computed here from the spec's need rule, not with the generator's
+own helper, so that the generator is checked against the spec rather than against itself."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evagg.simulators.dispatch import dispatch
+from evagg.simulators.tables import read_sessions, validate_sessions, write_sessions
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))  # bench/ is a folder of scripts, not a package
+try:
+    import bench_suite
+    import cases
+finally:
+    sys.path.remove(str(BENCH))
+
+N = 2000  # large enough for the shares to show, small enough to generate every case in well under a second
+STEP_S = cases.STEP_S
+DT_H = STEP_S / 3600.0
+
+
+@pytest.fixture(scope="module")
+def suite():
+    return {name: cases.make_case(name, N, seed=11) for name in cases.CASES}
+
+
+def seconds(times):
+    return (times - np.datetime64(cases.START, "s")).astype("timedelta64[s]").astype(np.int64)
+
+
+def plugged_steps(fleet):
+    """Spec: step k is plugged iff arrival <= t_k and t_k + dt <= departure (over the whole session)."""
+    first = np.ceil(seconds(fleet.arrival) / STEP_S)
+    stop = np.floor(seconds(fleet.departure) / STEP_S)
+    return np.maximum(stop - first, 0)
+
+
+def out_of_reach(fleet):
+    """Spec: need = min(target, cap, e0 + Pc*eta_c*dt*plugged steps); out of reach where need < min(target, cap)."""
+    asked = np.minimum(fleet.energy_target_kwh, fleet.capacity_kwh)
+    need = np.minimum(asked, fleet.energy_initial_kwh + fleet.p_charge_max_kw * fleet.eta_charge * DT_H
+                      * plugged_steps(fleet))
+    return need < asked - 1e-6
+
+
+def plugged_charge_kw(fleet, n_steps=cases.N_STEPS):
+    t = np.arange(n_steps) * STEP_S
+    plugged = (seconds(fleet.arrival)[:, None] <= t) & (t + STEP_S <= seconds(fleet.departure)[:, None])
+    return fleet.p_charge_max_kw @ plugged
+
+
+def same_fleet(a, b):
+    frame_a, frame_b = a.to_frame(), b.to_frame()
+    pd.testing.assert_frame_equal(frame_a, frame_b)
+
+
+def test_seeded():
+    a, ra = cases.make_case("other_generator", 300, seed=5)
+    b, rb = cases.make_case("other_generator", 300, seed=5)
+    same_fleet(a, b)
+    np.testing.assert_array_equal(ra.p_ref_kw, rb.p_ref_kw)
+    c, rc = cases.make_case("other_generator", 300, seed=6)
+    assert not np.array_equal(a.energy_initial_kwh, c.energy_initial_kwh)
+    assert not np.array_equal(ra.p_ref_kw, rc.p_ref_kw)
+
+
+def test_independent_of_the_project_generator(suite):
+    # Its own ids and battery list: not synthetic_fleet under another name.
+    fleet, _ = suite["v2g50"]
+    own, _ = cases.baseline_case(N, seed=11, v2g_share=0.5)
+    assert not set(fleet.ev_id) & set(own.ev_id)
+    assert not np.isin(fleet.capacity_kwh, own.capacity_kwh).all()
+
+
+@pytest.mark.parametrize("name", list(cases.CASES))
+def test_valid_by_the_conventions(suite, name, tmp_path):
+    validate_sessions(suite[name][0].to_frame())  # raises InputError on any problem
+    fleet, ref = cases.make_case(name, 300, seed=11)  # the CSV round trip is slow: a smaller fleet
+    path = tmp_path / "sessions.csv"
+    write_sessions(fleet, path)
+    same_fleet(read_sessions(path), fleet)  # the CSV round trip keeps every value (whole seconds, unique ids)
+    assert len(set(fleet.ev_id)) == len(fleet)
+    assert ref.n_steps == 96 and ref.step == np.timedelta64(900, "s")
+    assert np.all(np.isfinite(ref.p_ref_kw))
+
+
+def test_generation_is_fast():
+    import time
+
+    t0 = time.perf_counter()
+    fleet, ref = cases.make_case("other_generator", 100_000, seed=1)
+    assert len(fleet) == 100_000 and time.perf_counter() - t0 < 3.0
+
+
+@pytest.mark.parametrize("name", ["v2g0", "v2g50", "v2g80", "v2g100", "other_generator"])
+def test_v2g_share_at_full_charger_power(suite, name):
+    fleet, _ = suite[name]
+    v2g = fleet.p_discharge_max_kw > 0
+    assert abs(v2g.mean() - cases.CASES[name].v2g_share) <= 1.0 / N
+    np.testing.assert_array_equal(fleet.p_discharge_max_kw[v2g], fleet.p_charge_max_kw[v2g])
+
+
+def test_charger_mixes(suite):
+    for name in ("mix22", "depot_heavy", "other_generator", "v2g50"):
+        fleet, _ = suite[name]
+        asked = dict(cases.CASES[name].chargers)
+        assert set(np.unique(fleet.p_charge_max_kw)) == set(asked)
+        share22 = np.mean(fleet.p_charge_max_kw == 22.0)
+        assert abs(share22 - asked[22.0] / sum(asked.values())) < 0.04
+    assert set(np.unique(suite["other_generator"][0].p_charge_max_kw)) == {3.7, 7.4, 11.0, 22.0}
+
+
+def test_targets_out_of_reach(suite):
+    for name, lo, hi in (("unreachable", 0.10, 0.20), ("other_generator", 0.10, 0.15), ("v2g50", 0.0, 0.08)):
+        share = out_of_reach(suite[name][0]).mean()
+        assert lo <= share <= hi, (name, share)
+        assert abs(share - cases.CASES[name].unreachable_share) <= 2.0 / N
+    # Some of them with a stay long enough to charge: not only sessions without a plugged step.
+    fleet = suite["unreachable"][0]
+    assert np.sum(out_of_reach(fleet) & (plugged_steps(fleet) >= 4)) > 0.05 * N
+
+
+def test_below_floor(suite):
+    for name in cases.CASES:
+        fleet = suite[name][0]
+        below = (fleet.energy_initial_kwh < fleet.energy_min_kwh).mean()
+        assert abs(below - cases.CASES[name].below_floor_share) <= 1.0 / N, (name, below)
+    assert (suite["below_floor"][0].energy_initial_kwh < suite["below_floor"][0].energy_min_kwh).mean() >= 0.2
+
+
+def test_short_sessions(suite):
+    fleet = suite["short"][0]
+    stay_s = seconds(fleet.departure) - seconds(fleet.arrival)
+    assert np.mean(stay_s < 3600) >= 0.25
+    assert np.sum(stay_s < STEP_S) >= 10  # shorter than one step
+    assert np.sum(plugged_steps(fleet) == 0) >= 10  # ... and sessions that never get a whole step
+
+
+def test_session_types(suite):
+    # Depots: vans, back in the evening; home: evening arrivals; work: morning arrivals.
+    home = suite["v2g50"][0]
+    depot = suite["depot_heavy"][0]
+    hour = lambda f: seconds(f.arrival) / 3600.0  # noqa: E731
+    assert depot.capacity_kwh.mean() > home.capacity_kwh.mean()
+    assert np.mean((hour(home) >= 6) & (hour(home) < 10)) > 0.15  # the work share's morning arrivals
+    assert np.mean(hour(home) >= 16) > 0.35  # home's evening arrivals
+
+
+def test_swings(suite):
+    def largest_swing(name):
+        fleet, ref = suite[name]
+        p_charge, p_discharge, need = cases.plugged_power(fleet)
+        power_range = p_charge + p_discharge
+        some = power_range > 0.05 * power_range.max()
+        return np.max(np.abs(ref.p_ref_kw - need)[some] / power_range[some])
+
+    assert largest_swing("weak_swing") <= 0.1 + 1e-6
+    assert 0.3 <= largest_swing("other_generator") <= 0.33 + 1e-6
+    assert largest_swing("strong_swing") >= 0.4
+
+
+@pytest.mark.parametrize("name", ["surplus", "surplus_v2g80"])
+def test_surplus_block(suite, name):
+    fleet, ref = suite[name]
+    p_charge = plugged_charge_kw(fleet)
+    hour = (np.arange(96) + 0.5) * DT_H
+    block = ref.p_ref_kw > p_charge + 1e-9  # asks more than the plugged fleet can take
+    assert block.sum() >= 12  # three hours or more, all of them around midday
+    assert np.all((hour[block] >= 10) & (hour[block] < 16))
+    assert np.all(ref.p_ref_kw[block] >= 1.5 * p_charge[block])
+    assert np.all(ref.p_ref_kw[~block] <= p_charge[~block] + 1e-9)  # elsewhere within reach, as in regulation
+
+
+@pytest.mark.parametrize("name", ["other_generator", "short"])
+def test_dcls_smoke(name):
+    fleet, ref = cases.make_case(name, 20, seed=2)
+    result = dispatch(fleet, ref, "dcls", time_limit_s=20)
+    assert sum(result.violations.values()) == 0, result.violations
+
+
+def test_gap_never_uses_a_negative_bound():
+    assert bench_suite.gap_of(10.0, -3.0) == {"bound": 0.0, "gap_abs": 10.0, "gap_rel": None}
+    assert bench_suite.gap_of(101.0, 100.0)["gap_rel"] == pytest.approx(0.01)
+    assert bench_suite.gap_of(5.0, None)["gap_rel"] is None
+
+
+def test_table_reports_what_finished():
+    ok = {"kind": "case", "name": "v2g0", "n": 200, "method": "dcls", "outcome": "ok", "time_s": 1.0,
+          "iterations": 20, "relaxed_solves": None, "sse": 2.0, "bound": 1.0, "gap_abs": 1.0, "gap_rel": 1.0,
+          "peak_rss_mb": 150.0, "violations": 0, "status": "feasible"}
+    base = dict(ok, kind="baseline", name="0:regulation", time_s=0.5)
+    late = {"kind": "case", "name": "v2g0", "n": 200, "method": "dcls", "outcome": "timeout", "peak_rss_mb": 300.0}
+    rows = bench_suite.summarise([base, ok, late], ["v2g0"], [200], ["dcls"])
+    assert rows[0]["ok"] == 1 and rows[0]["timeouts"] == 1 and rows[0]["time_ratio"] == pytest.approx(2.0)
+    table = bench_suite.format_table(rows, markdown=True)
+    assert "1/2 (1 timeout)" in table and "| - |" in table  # relaxed solves absent: "-"
+    assert "timeout" in bench_suite.format_summary(rows)
