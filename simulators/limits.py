@@ -12,11 +12,12 @@ When the limits and the EVs' needs conflict (no dispatch meets both) the grid co
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Mapping
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.optimize import linprog
 
 # Every limit must hold to this (kW), as every other constraint of the spec (problem.FEASIBILITY_TOL).
 LIMIT_TOL = 1e-6
@@ -176,8 +177,6 @@ def _lp(problem, objective: str, p_ref_kw=None, limits: Limits | None = None):
     tracking error sum_t |P_t - p_ref_t|. A tiny throughput cost keeps the EVs from charging and discharging at
     once where nothing needs it. Returns (pc, pd, shortfall (N,), slack_lo, slack_hi (R, T)) or None if the LP
     failed."""
-    from scipy.optimize import linprog
-
     limits = problem.limits if limits is None else limits
     T, N = problem.n_steps, problem.n_evs
     ev, t = np.nonzero(problem.plugged)
@@ -264,8 +263,6 @@ def reconcile(problem):
     """`problem` with its limits and departure needs made feasible together by the grid-first rule (see above),
     and a message saying what gave way ("" if nothing had to). The LP runs on the limits a solver aims at
     (`solver_limits`), so that the methods, which aim there too, find the reconciled problem feasible."""
-    from dataclasses import replace
-
     limits = problem.limits
     if limits is None:
         return problem, ""

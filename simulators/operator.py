@@ -95,6 +95,7 @@ would leave that split to the aggregator.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import warnings
@@ -102,6 +103,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spl
+
+from .grids import load_grid
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +228,6 @@ class GridOperator:
 
         self.grid = None
         if not _is_net(net):
-            from .grids import load_grid
-
             self.grid = str(net)
             net = load_grid(net).net  # the pristine net: only read here
         self.groups: tuple[Group, ...] = tuple(Group.make(g) for g in groups)
@@ -248,9 +251,7 @@ class GridOperator:
     # ----------------------------------------------------------------------------------------------- set-up
 
     def _setup(self, net, group_bus: np.ndarray) -> None:
-        import copy
-
-        import pandapower as pp
+        import pandapower as pp  # heavy, and only for a grid operator
 
         work = copy.deepcopy(net)
         with warnings.catch_warnings():
@@ -266,9 +267,6 @@ class GridOperator:
         self._setup_branches(work, group_bus)
 
     def _voltage_sensitivities(self, net, group_bus: np.ndarray) -> np.ndarray:
-        import scipy.sparse as sp
-        import scipy.sparse.linalg as spl
-
         internal = net._ppc["internal"]
         if internal.get("J") is None:
             raise ValueError("GridOperator: pandapower kept no Jacobian of the grid's power flow (Newton-Raphson)")

@@ -26,9 +26,7 @@ HEAVY = {
     "matplotlib",  # the plots (scenarios/report.py: the Agg backend is chosen before pyplot is imported)
     "evagg.plugin.pandapower_grid",  # SimbenchGridSim (pandapower), handed out lazily by evagg.plugin
 }
-# to be moved to the top by the engine work
-SIMULATORS_IN_FUNCTIONS = {"copy", "dataclasses", "scipy.optimize", "scipy.sparse", "scipy.sparse.linalg",
-                           "evagg.simulators.grids"}
+SIMULATORS_IN_FUNCTIONS: set[str] = set()  # the engine imports everything else at the top
 
 
 def modules() -> dict[str, Path]:
