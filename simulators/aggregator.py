@@ -13,7 +13,7 @@ At each step k of length dt (step k covers [start + k*dt, start + (k+1)*dt)) the
    departure need out of reach, the need gives way (grid first, see simulators/limits.py) and it is reported;
 5. sums the EVs' net power per grid bus.
 
-The spec's conventions hold throughout (design/dispatch-model.md): kW, kWh, hours; an EV may draw or inject power
+The spec's conventions hold throughout (docs/model.md): kW, kWh, hours; an EV may draw or inject power
 in step k iff arrival <= t_k and t_k + dt <= departure.
 
 Also here: `SignalSource`, the reference signal (a `Reference`, e.g. read from the signal table) resampled onto

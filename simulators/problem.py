@@ -32,7 +32,20 @@ VIOLATION_KINDS = (
 
 @dataclass(frozen=True, eq=False)
 class Problem:
-    """Arrays of the BDO problem for N sessions over T steps of dt_h hours, starting at `start`.
+    """Arrays of the BDO problem for N sessions over T steps of dt_h hours, starting at `start` (docs/model.md).
+
+    Units of the arrays (one value per session unless said), and the sessions table's column each comes from:
+
+    | array | unit | from |
+    |---|---|---|
+    | pc_max, pd_max | kW | p_charge_max_kw, p_discharge_max_kw |
+    | eta_c, eta_d | fraction | eta_charge, eta_discharge |
+    | e0 | kWh | energy_initial_kwh (or the energy a receding horizon carries) |
+    | floor | kWh | min(energy_min_kwh, e0) |
+    | cap | kWh | capacity_kwh |
+    | target | kWh | min(energy_target_kwh, capacity_kwh) |
+    | need, need_end | kWh | see below |
+    | first, stop | step index | arrival, departure (the plugged-step rule) |
 
     Windows: EV i is plugged in steps first[i] .. stop[i]-1 of this horizon (empty when first >= stop).
     `need_end[i]` is the energy it must hold at the end of its last plugged step of this horizon: its departure

@@ -1,4 +1,4 @@
-"""Reading, validating and writing the CSV tables of the data conventions (docs: design/dispatch-model.md).
+"""Reading, validating and writing the CSV tables of the data conventions (docs/model.md).
 
 Tables (kW, kWh, fractions; times ISO 8601):
 
