@@ -331,49 +331,13 @@ class Aggregator:
             raise ValueError(f"{self.name}: steps must come one after the other: expected step {self.k_next} "
                              f"({self.time_of(self.k_next)}), got step {k} ({self.time_of(k)})")
         self._before = self._state()
-        if p_min_kw is not None and p_max_kw is not None and p_min_kw > p_max_kw + FEASIBILITY_TOL:
-            raise ValueError(f"{self.name}: at step {k} P_min ({p_min_kw} kW) is above P_max ({p_max_kw} kW)")
-        bus_limits = {int(b): v for b, v in (bus_limits or {}).items() if v is not None and any(x is not None for x in v)}
-        if bus_limits and self._bus_pos is None:
-            raise ValueError(f"{self.name}: bus limits were given, but its sessions have no bus")
-        unknown = sorted(set(bus_limits) - set(int(b) for b in self.buses))
-        if unknown:
-            raise ValueError(f"{self.name}: limits for bus(es) {unknown} where it has no EVs (its buses: "
-                             f"{[int(b) for b in self.buses]})")
+        bus_limits = self._checked_limits(k, p_min_kw, p_max_kw, bus_limits)
         now = self.time_of(k)
         t0 = _time.perf_counter()
         h = self.horizon if self.end_k is None else max(min(self.horizon, self.end_k - k), 1)
 
-        if p_ref_kw is not None and not np.isfinite(p_ref_kw):
-            raise ValueError(f"{self.name}: the reference at step {k} ({now}) is {p_ref_kw}")
-        if p_ref_kw is not None:
-            mode = "tracking"
-            if "uncontrolled" in self._said and "tracking" not in self._said:
-                self._say_once("tracking", logging.INFO, "%s: a reference arrived at %s: tracking it", self.name, now)
-            self._last_ref = float(p_ref_kw)
-        elif self._last_ref is not None:
-            mode = "held"
-            self._say_once("held", logging.WARNING,
-                           "%s: no reference at %s (step %d): holding the last one, %.6g kW (said once)",
-                           self.name, now, k, self._last_ref)
-        else:
-            mode = "uncontrolled"
-            self._say_once("uncontrolled", logging.WARNING,
-                           "%s: no reference from %s (step %d) on: the fleet charges uncontrolled (said once)",
-                           self.name, now, k)
-
-        plan_ref = np.zeros(h)
-        if mode != "uncontrolled":
-            plan_ref[:] = self._last_ref
-            ahead = None
-            if forecast_kw is not None:
-                ahead = np.atleast_1d(np.asarray(forecast_kw, dtype=float))
-            elif self.forecast is not None:
-                ahead = self.forecast.values(k + 1, h - 1, clip=True)
-            if ahead is not None and ahead.size and h > 1:
-                m = min(ahead.size, h - 1)
-                plan_ref[1:1 + m] = ahead[:m]
-                plan_ref[1 + m:] = ahead[m - 1]
+        mode = self._reference_mode(k, now, p_ref_kw)
+        plan_ref = self._planned_reference(k, h, mode, forecast_kw)
 
         # The sessions with a plugged step in [k, k + h): the plan's EVs.
         idx = np.flatnonzero(self.servable & (self.stop_g > k) & (self.first_g < k + h))
@@ -417,8 +381,75 @@ class Aggregator:
             bus_kw = np.zeros(0)
             p_kw = float(p_ev.sum())
 
-        # Departures at the end of this step.
-        leaving = idx[self.stop_g[idx] == k + 1]
+        self._depart(idx[self.stop_g[idx] == k + 1], k)
+
+        self.k_next = k + 1
+        result = StepResult(
+            k=k, time=now, p_kw=p_kw, p_ref_kw=None if mode == "uncontrolled" else self._last_ref,
+            bus_kw=bus_kw, n_plugged=n_plugged, energy_kwh=energy, shortfall_kwh=self.shortfall_kwh,
+            need_unmet_kwh=self.need_unmet_kwh,
+            solve_time_s=_time.perf_counter() - t0, mode=mode, status=status, sessions=idx, pc_kw=pc0, pd_kw=pd0,
+            limited=limited, needs_lowered_kwh=lowered, message=message,
+        )
+        self.last = result
+        return result
+
+    def _checked_limits(self, k: int, p_min_kw, p_max_kw, bus_limits) -> dict:
+        """The step's limits checked (P_min <= P_max, buses it has EVs at): {bus: (p_min_kw, p_max_kw)}."""
+        if p_min_kw is not None and p_max_kw is not None and p_min_kw > p_max_kw + FEASIBILITY_TOL:
+            raise ValueError(f"{self.name}: at step {k} P_min ({p_min_kw} kW) is above P_max ({p_max_kw} kW)")
+        bus_limits = {int(b): v for b, v in (bus_limits or {}).items() if v is not None and any(x is not None for x in v)}
+        if bus_limits and self._bus_pos is None:
+            raise ValueError(f"{self.name}: bus limits were given, but its sessions have no bus")
+        unknown = sorted(set(bus_limits) - set(int(b) for b in self.buses))
+        if unknown:
+            raise ValueError(f"{self.name}: limits for bus(es) {unknown} where it has no EVs (its buses: "
+                             f"{[int(b) for b in self.buses]})")
+        return bus_limits
+
+    def _reference_mode(self, k: int, now, p_ref_kw) -> str:
+        """What the step follows: "tracking" (a reference came), "held" (the last one) or "uncontrolled" (never one);
+        each change said once."""
+        if p_ref_kw is not None and not np.isfinite(p_ref_kw):
+            raise ValueError(f"{self.name}: the reference at step {k} ({now}) is {p_ref_kw}")
+        if p_ref_kw is not None:
+            mode = "tracking"
+            if "uncontrolled" in self._said and "tracking" not in self._said:
+                self._say_once("tracking", logging.INFO, "%s: a reference arrived at %s: tracking it", self.name, now)
+            self._last_ref = float(p_ref_kw)
+        elif self._last_ref is not None:
+            mode = "held"
+            self._say_once("held", logging.WARNING,
+                           "%s: no reference at %s (step %d): holding the last one, %.6g kW (said once)",
+                           self.name, now, k, self._last_ref)
+        else:
+            mode = "uncontrolled"
+            self._say_once("uncontrolled", logging.WARNING,
+                           "%s: no reference from %s (step %d) on: the fleet charges uncontrolled (said once)",
+                           self.name, now, k)
+
+        return mode
+
+    def _planned_reference(self, k: int, h: int, mode: str, forecast_kw) -> np.ndarray:
+        """(h,) kW the plan follows: the step's reference, then the forecast (given, the aggregator's source, or the
+        reference held)."""
+        plan_ref = np.zeros(h)
+        if mode != "uncontrolled":
+            plan_ref[:] = self._last_ref
+            ahead = None
+            if forecast_kw is not None:
+                ahead = np.atleast_1d(np.asarray(forecast_kw, dtype=float))
+            elif self.forecast is not None:
+                ahead = self.forecast.values(k + 1, h - 1, clip=True)
+            if ahead is not None and ahead.size and h > 1:
+                m = min(ahead.size, h - 1)
+                plan_ref[1:1 + m] = ahead[:m]
+                plan_ref[1 + m:] = ahead[m - 1]
+
+        return plan_ref
+
+    def _depart(self, leaving: np.ndarray, k: int) -> None:
+        """Sessions `leaving` at the end of step k: their energy at departure, shortfall and unmet need counted."""
         if leaving.size:
             e_dep = self.energy_kwh[leaving]
             self.final_energy_kwh[leaving] = e_dep
@@ -432,17 +463,6 @@ class Aggregator:
                 log.warning("%s: %d EV(s) left at %s short of their need by %.6g kWh",
                             self.name, unmet.size, self.time_of(k + 1), unmet.sum())
             self.n_departed += int(leaving.size)
-
-        self.k_next = k + 1
-        result = StepResult(
-            k=k, time=now, p_kw=p_kw, p_ref_kw=None if mode == "uncontrolled" else self._last_ref,
-            bus_kw=bus_kw, n_plugged=n_plugged, energy_kwh=energy, shortfall_kwh=self.shortfall_kwh,
-            need_unmet_kwh=self.need_unmet_kwh,
-            solve_time_s=_time.perf_counter() - t0, mode=mode, status=status, sessions=idx, pc_kw=pc0, pd_kw=pd0,
-            limited=limited, needs_lowered_kwh=lowered, message=message,
-        )
-        self.last = result
-        return result
 
     def _state(self):
         return (self.energy_kwh.copy(), self.final_energy_kwh.copy(), self.shortfall_kwh, self.need_unmet_kwh,
