@@ -1,10 +1,16 @@
-"""The reference signal: what the aggregator is asked to draw, kW (grid side, + = the fleet draws power)."""
+"""The reference signal: what the aggregator is asked to draw, kW (grid side, + = the fleet draws power).
+
+Every value must be finite and within the absolute plausibility limit ``fleet.LIMITS["p_ref_kw"]`` (+-1e7 kW);
+the bound derived from a fleet is checked by `tables.check_signal_against_fleet`.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from .fleet import LIMITS
 
 
 @dataclass(frozen=True, eq=False)
@@ -21,6 +27,17 @@ class Reference:
         object.__setattr__(self, "p_ref_kw", np.asarray(self.p_ref_kw, dtype=float))
         if self.step <= np.timedelta64(0, "s"):
             raise ValueError(f"reference step must be positive, got {self.step}")
+        if self.p_ref_kw.ndim != 1:
+            raise ValueError(f"reference p_ref_kw must be one value per step, got shape {self.p_ref_kw.shape}")
+        high = LIMITS["p_ref_kw"].high
+        with np.errstate(invalid="ignore"):
+            bad = ~(np.abs(self.p_ref_kw) <= high)
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            what = "must be finite" if not np.isfinite(self.p_ref_kw[k]) else \
+                f"must be within +-{high:g} kW: {LIMITS['p_ref_kw'].why}"
+            raise ValueError(f"reference p_ref_kw at step {k} ({self.start + self.step * k}): {self.p_ref_kw[k]:g} "
+                             f"{what}")
 
     @property
     def n_steps(self) -> int:

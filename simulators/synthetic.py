@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .fleet import Fleet
+from .fleet import Fleet, signal_bound_kw
 from .reference import Reference
 
 __all__ = ["synthetic_fleet", "synthetic_reference", "PATTERNS", "CHARGER_KW", "REFERENCE_KINDS"]
@@ -165,7 +165,11 @@ def synthetic_reference(
       asks for more than the fleet can take: at every block step at least 1.5 times the charge power of the
       sessions plugged in then, and over each block at least 1.5 times the whole fleet's storage room
       (``sum((capacity - initial) / eta_charge)``, kWh). Without a fleet: 3 times `scale_kw` in the block.
-    Values are rounded to 1 W. The same arguments give the same signal.
+    Values are rounded to 1 W, and kept within the fleet's plausible signal range (`fleet.signal_bound_kw`:
+    10 x its charge plus discharge powers + 1 kW; the surplus block of a very short horizon may be cut by it).
+    The same arguments give the same signal.
+    A fleet of no sessions is a ValueError ("no sessions: ..."), not a signal for nobody (pass None for the
+    fleet-less diurnal shape).
     """
     if kind not in REFERENCE_KINDS:
         raise ValueError(f"kind must be one of {', '.join(REFERENCE_KINDS)}, got {kind!r}")
@@ -173,6 +177,9 @@ def synthetic_reference(
     n_steps = int(n_steps)
     if step_s <= 0 or n_steps < 1:
         raise ValueError(f"step_s must be > 0 and n_steps >= 1, got {step_s}, {n_steps}")
+    if fleet is not None and len(fleet) == 0:
+        raise ValueError("no sessions: a reference signal for a fleet of 0 sessions would ask nobody for power; "
+                         "give a fleet of at least one session, or none (fleet=None) for the diurnal shape")
     start = np.datetime64(_naive_utc(start).to_datetime64(), "s")
     dt_h = step_s / 3600.0
     times = start + np.arange(n_steps) * np.timedelta64(step_s, "s")
@@ -188,7 +195,7 @@ def synthetic_reference(
     for t in range(1, n_steps):
         x[t] = phi * x[t - 1] + s * eps[t]
 
-    if fleet is None or len(fleet) == 0:
+    if fleet is None:
         scale = 100.0 if scale_kw is None else float(scale_kw)
         shape = 1.0 + 0.6 * np.cos(2 * np.pi * (hour - 20.0) / 24.0)  # evening peak, mean 1
         p = scale * shape + 0.2 * scale * x
@@ -207,6 +214,8 @@ def synthetic_reference(
                 in_block = block & (day == d)
                 level = max(room_kwh * 1.5 / (in_block.sum() * dt_h), 1e-3)
                 p[in_block] = np.maximum(1.5 * p_max[in_block], level)
+        bound = np.floor(signal_bound_kw(fleet) * 1000.0) / 1000.0  # rounded to 1 W, it stays within the bound
+        p = np.clip(p, -bound, bound)
     return Reference(start=start, step=np.timedelta64(step_s, "s"), p_ref_kw=np.round(p, 3))
 
 

@@ -16,7 +16,33 @@ departures rounded down to the whole second (never lengthening a session); signa
 Every problem in an input file raises `InputError`, whose message names the file, the physical line of the CSV
 file (the header is line 1, so the first data row is line 2), the column, the offending value and what is wrong:
 ``sessions.csv line 7, column capacity_kwh: value -3 must be > 0``. The first problem (by line, then column
-order) is the message; all problems found are in `InputError.problems`.
+order) is the message; all problems found are in `InputError.problems`. A file whose header seems to be split by
+';', tab or '|' is told so: ``s.csv line 1: looks ';'-separated; the tables are comma-separated CSV``.
+
+Plausibility limits (`LIMITS`, defined in fleet.py; a value outside them is an `InputError` like any other,
+e.g. ``sessions.csv line 7, column capacity_kwh: value 1e300 must be <= 1000 (kWh): ...``):
+
+    column               allowed                          unit
+    capacity_kwh         (0, 1000]                        kWh
+    energy_initial_kwh   [0, capacity_kwh]                kWh
+    energy_min_kwh       [0, capacity_kwh]                kWh
+    energy_target_kwh    [0, 1000]                        kWh   (above the capacity: as full as it gets)
+    p_charge_max_kw      [0, 1000]                        kW
+    p_discharge_max_kw   [0, 1000]                        kW
+    eta_charge           (0, 1]                           -
+    eta_discharge        (0, 1]                           -
+    departure            (arrival, arrival + 366 days]
+    p_ref_kw             [-1e7, 1e7]                      kW    (every signal)
+    p_ref_kw             |p_ref| <= 10 x (sum of charge powers + sum of discharge powers) + 1 kW
+                                                          kW    (a signal with its fleet: `read_reference(path,
+                                                                fleet=...)`, `check_signal_against_fleet`)
+
+Warnings, not errors (one line each through the logger ``evagg.simulators.tables``): a sessions table of no
+sessions; sessions with no whole step of the signal's grid (e.g. shorter than one step: they cannot be served);
+a signal covering less than all of the sessions' plugged time (`signal_coverage`).
+
+JSON: `json_safe` / `finite_or_none` turn NaN and infinite floats into None (JSON null), so that every number
+written as JSON is finite.
 
 Writers are atomic: the table goes to a temporary file in the target's directory, which then replaces the target
 (`os.replace`), so a reader never sees a half-written file and a failure leaves no partial file. Floats are written
@@ -25,6 +51,8 @@ with Python's shortest round-trip representation, so reading a file back gives e
 from __future__ import annotations
 
 import csv
+import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -33,7 +61,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .fleet import NUMERIC_SESSION_COLUMNS, OPTIONAL_SESSION_COLUMNS, SESSION_COLUMNS, Fleet
+from .fleet import (
+    LIMITS,
+    MAX_STAY,
+    NUMERIC_SESSION_COLUMNS,
+    OPTIONAL_SESSION_COLUMNS,
+    SESSION_COLUMNS,
+    Fleet,
+    signal_bound_kw,
+)
 from .reference import Reference
 
 __all__ = [
@@ -47,6 +83,12 @@ __all__ = [
     "write_sessions",
     "write_reference",
     "write_dispatch",
+    "check_signal_against_fleet",
+    "signal_coverage",
+    "unservable_sessions",
+    "finite_or_none",
+    "json_safe",
+    "LIMITS",
     "SIGNAL_COLUMNS",
     "DISPATCH_COLUMNS",
     "TIME_FORMAT",
@@ -56,9 +98,8 @@ SIGNAL_COLUMNS = ("time", "p_ref_kw")
 DISPATCH_COLUMNS = ("time", "ev_id", "p_charge_kw", "p_discharge_kw", "energy_kwh")
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
 
-_ENERGY_COLUMNS = ("energy_initial_kwh", "energy_target_kwh", "energy_min_kwh")
-_POWER_COLUMNS = ("p_charge_max_kw", "p_discharge_max_kw")
-_ETA_COLUMNS = ("eta_charge", "eta_discharge")
+log = logging.getLogger(__name__)
+
 _MAX_LISTED = 20  # problems kept in InputError.problems (the count of all is in InputError.n_problems)
 
 
@@ -201,9 +242,25 @@ def _check_header(header: list[str], header_line: int, required, source: str) ->
         if c in seen:
             raise InputError(source, [InputProblem(header_line, c, None, "appears twice in the header")])
         seen.add(c)
+    missing = [c for c in required if c not in header]
+    if missing:
+        delimiter = _other_delimiter(header)
+        if delimiter is not None:
+            name = {";": "';'", "\t": "tab", "|": "'|'"}[delimiter]
+            raise InputError(source, [InputProblem(
+                header_line, None, None,
+                f"looks {name}-separated; the tables are comma-separated CSV (header: {','.join(header)[:80]!r})")])
     frame = pd.DataFrame(columns=header)
     frame.attrs["header_line"] = header_line
     _check_columns(frame, required, source)
+
+
+def _other_delimiter(header: list[str]) -> str | None:
+    """The delimiter a header that lacks required columns seems to use instead of ',' (';', tab or '|'), if any:
+    one that splits some of its fields into names."""
+    counts = {d: sum(c.count(d) for c in header) for d in (";", "\t", "|")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] >= 1 else None
 
 
 def _check_columns(frame: pd.DataFrame, required, source: str, header_line: int = 1) -> None:
@@ -402,23 +459,25 @@ def validate_sessions(frame: pd.DataFrame, source: str = "sessions", lines=None)
         num["energy_min_kwh"] = np.zeros(len(frame))
     with np.errstate(invalid="ignore"):
         cap = num["capacity_kwh"]
-        problems.add(cap <= 0, "capacity_kwh", texts["capacity_kwh"], "must be > 0")
-        for c in _ETA_COLUMNS:
-            v = num[c]
-            problems.add((v <= 0) | (v > 1), c, texts[c], "must be in (0, 1] (an efficiency, not a percentage)")
-        for c in _POWER_COLUMNS:
-            problems.add(num[c] < 0, c, texts[c], "must be >= 0 kW")
-        for c in _ENERGY_COLUMNS:
-            if c in texts:
-                problems.add(num[c] < 0, c, texts[c], "must be >= 0 kWh")
-        e0 = num["energy_initial_kwh"]
-        cap_ok = cap > 0
-        problems.add(cap_ok & (e0 >= 0) & (e0 > cap), "energy_initial_kwh", texts["energy_initial_kwh"],
-                     lambda i: f"exceeds the capacity {texts['capacity_kwh'][i]} kWh")
-        if "energy_min_kwh" in texts:
-            em = num["energy_min_kwh"]
-            problems.add(cap_ok & (em >= 0) & (em > cap), "energy_min_kwh", texts["energy_min_kwh"],
-                         lambda i: f"exceeds the capacity {texts['capacity_kwh'][i]} kWh")
+        cap_ok = ~LIMITS["capacity_kwh"].below(cap) & ~LIMITS["capacity_kwh"].above(cap)
+        for c in NUMERIC_SESSION_COLUMNS:  # the plausibility limits (fleet.LIMITS)
+            if c not in texts:
+                continue
+            limit, v = LIMITS[c], num[c]
+            low = limit.below(v)
+            problems.add(low, c, texts[c], limit.low_message())
+            if limit.high_column is not None:
+                ref = texts[limit.high_column]
+                problems.add(~low & cap_ok & (v > num[limit.high_column]), c, texts[c],
+                             lambda i, ref=ref: f"exceeds the capacity {ref[i]} kWh")
+            else:
+                problems.add(limit.above(v), c, texts[c], limit.high_message())
+    long_stay = np.zeros(len(frame), dtype=bool)
+    long_stay[both] = (dep_ts[both] - arr_ts[both] > pd.Timedelta(seconds=int(MAX_STAY / np.timedelta64(1, "s")))
+                       ).to_numpy()
+    problems.add(long_stay, "departure", texts["departure"],
+                 lambda i: f"is more than {MAX_STAY // np.timedelta64(86400, 's')} days after the arrival "
+                           f"{texts['arrival'][i]}: a plug-in session, not a year's parking")
 
     # bus: a non-negative integer (3 and 3.0 both accepted)
     bus = None
@@ -430,6 +489,8 @@ def validate_sessions(frame: pd.DataFrame, source: str = "sessions", lines=None)
         bus = np.where(bad, 0, bv).astype(np.int64)
 
     problems.raise_if_any()
+    if len(frame) == 0:
+        log.warning("%s: no sessions (a header only): there is nothing to dispatch", source)
 
     out = {"ev_id": pd.Series(ev_text, dtype=object),
            "arrival": arr_ts.astype("datetime64[s]"), "departure": dep_ts.astype("datetime64[s]")}
@@ -459,18 +520,27 @@ def _as_came(col: pd.Series) -> pd.Series:
 # ----------------------------------------------------------------------------------------------- signal
 
 
-def read_reference(path, step_s: float | None = None) -> Reference:
+def read_reference(path, step_s: float | None = None, fleet: Fleet | None = None) -> Reference:
     """The reference signal table at `path` (CSV: time, p_ref_kw), validated; raises `InputError`.
 
     The step is the spacing of the times. A signal of a single row does not show its step: pass `step_s`
     (seconds) then; when given for a longer signal it must match the file's spacing.
+    With the `fleet` it is for, it is also checked against it (`check_signal_against_fleet`: the fleet's signal
+    bound is an `InputError` naming the file's line; sessions the signal cannot serve are a warning).
     """
     frame, lines = _read_csv_text(path, SIGNAL_COLUMNS)
-    return validate_reference(frame, source=str(path), lines=lines, step_s=step_s)
+    reference = validate_reference(frame, source=str(path), lines=lines, step_s=step_s)
+    if fleet is not None:
+        check_signal_against_fleet(reference, fleet, source=str(path), lines=lines,
+                                   _texts=_texts(frame["p_ref_kw"]))
+    return reference
 
 
 def validate_reference(frame: pd.DataFrame, source: str = "signal", lines=None, step_s: float | None = None) -> Reference:
-    """The `Reference` of a signal frame (time, p_ref_kw; text or typed), or `InputError` for its first problem."""
+    """The `Reference` of a signal frame (time, p_ref_kw; text or typed), or `InputError` for its first problem.
+
+    Every p_ref_kw must be finite and within the absolute plausibility limit ``LIMITS["p_ref_kw"]``
+    (+-1e7 kW); the bound derived from a fleet is `check_signal_against_fleet`'s."""
     source = str(source)
     attrs = dict(frame.attrs)
     frame = frame.reset_index(drop=True)
@@ -485,6 +555,9 @@ def validate_reference(frame: pd.DataFrame, source: str = "signal", lines=None, 
     p_text = _texts(frame["p_ref_kw"])
     ts = _times(frame["time"], "time", t_text, problems)
     p = _numbers(frame["p_ref_kw"], "p_ref_kw", p_text, problems)
+    limit = LIMITS["p_ref_kw"]
+    problems.add(limit.below(p) | limit.above(p), "p_ref_kw", p_text,
+                 f"must be within +-{limit.high:g} kW: {limit.why}")
     ns = ts.to_numpy(dtype="datetime64[ns]").astype(np.int64)
     valid = ~ts.isna().to_numpy()
     second = 1_000_000_000
@@ -525,6 +598,122 @@ def validate_reference(frame: pd.DataFrame, source: str = "signal", lines=None, 
 
 def _secs(ns: int) -> str:
     return f"{ns / 1e9:g}"
+
+
+# ----------------------------------------------------------------------------------------------- signal and fleet
+
+
+def check_signal_against_fleet(reference: Reference, fleet: Fleet, source: str = "signal", lines=None,
+                               _texts=None) -> float:
+    """Check a signal against the fleet it is for; returns the share of the sessions' time it covers (0..1).
+
+    Error (`InputError` naming `source`, the line and column p_ref_kw): a value beyond the fleet's plausible
+    range, ``|p_ref| > 10 x (sum of charge powers + sum of discharge powers) + 1 kW`` (`fleet.signal_bound_kw`):
+    a signal of kW meant for MW, or for another fleet. `lines`: the file line of each step (default: step k on
+    line k + 2, as `write_reference` writes it). Not checked for a fleet of no sessions (nothing to compare).
+    One-line warnings (logger ``evagg.simulators.tables``), the dispatch runs anyway:
+    sessions with no whole step of the signal's grid between arrival and departure (shorter than one step, or
+    between two step boundaries: they cannot draw or inject power, `unservable_sessions`), and a signal that
+    covers less than all of the sessions' plugged time (`signal_coverage` < 1: the rest is not dispatched).
+    """
+    source = str(source)
+    p = np.asarray(reference.p_ref_kw, dtype=float)
+    n = len(fleet)
+    if n:
+        bound = signal_bound_kw(fleet)
+        lines = np.arange(len(p), dtype=np.int64) + 2 if lines is None else np.asarray(lines, dtype=np.int64)
+        problems = _Problems(source, lines, list(SIGNAL_COLUMNS))
+        texts = np.array([_number_text(v) for v in p], dtype=object) if _texts is None else _texts
+        pc, pd_ = float(np.sum(fleet.p_charge_max_kw)), float(np.sum(fleet.p_discharge_max_kw))
+        with np.errstate(invalid="ignore"):
+            over = ~(np.abs(p) <= bound)
+        problems.add(over, "p_ref_kw", texts,
+                     f"must be within +-{bound:g} kW for a fleet of {n} session{'s' if n > 1 else ''}: 10 x its "
+                     f"power range (sum of charge powers {pc:g} kW + sum of discharge powers {pd_:g} kW) + 1 kW")
+        problems.raise_if_any()
+    bad = unservable_sessions(fleet, reference)
+    if bad.any():
+        step_s = int(reference.step / np.timedelta64(1, "s"))
+        i = int(np.flatnonzero(bad)[0])
+        stay_s = int((fleet.departure[i] - fleet.arrival[i]) / np.timedelta64(1, "s"))
+        why = (f"shorter than one {step_s} s step" if stay_s < step_s
+               else f"no whole {step_s} s step of the signal's grid between them")
+        more = int(bad.sum()) - 1
+        log.warning("%s: %d session(s) cannot be served: no whole step between arrival and departure (e.g. %s, "
+                    "%s to %s: %s%s); they draw no power", source, int(bad.sum()), fleet.ev_id[i], fleet.arrival[i],
+                    fleet.departure[i], why, f"; and {more} more" if more else "")
+    coverage = signal_coverage(reference, fleet)
+    if coverage < 1.0:
+        log.warning("%s: covers %s to %s, %s of the sessions' plugged time (%s to %s): the rest is not dispatched",
+                    source, reference.start, reference.end, _share(coverage), fleet.arrival.min(),
+                    fleet.departure.max())
+    return coverage
+
+
+def signal_coverage(reference: Reference, fleet: Fleet) -> float:
+    """The share (0..1) of the sessions' plugged time (sum over sessions of departure - arrival) inside the
+    signal's horizon [start, end). 1.0 for a fleet of no sessions (there is nothing to cover)."""
+    if len(fleet) == 0:
+        return 1.0
+    second = np.timedelta64(1, "s")
+    arr = ((fleet.arrival - reference.start) / second).astype(np.float64)
+    dep = ((fleet.departure - reference.start) / second).astype(np.float64)
+    end = float((reference.end - reference.start) / second)
+    total = float(np.sum(dep - arr))
+    inside = float(np.sum(np.maximum(np.minimum(dep, end) - np.maximum(arr, 0.0), 0.0)))
+    return 1.0 if total <= 0 else min(inside / total, 1.0)
+
+
+def unservable_sessions(fleet: Fleet, reference: Reference) -> np.ndarray:
+    """(N,) bool: the sessions with no whole step of the signal's time grid (extended before and after it) between
+    arrival and departure. Step k may be used iff arrival <= t_k and t_k + step <= departure (data conventions), so
+    these sessions can never draw or inject power at this step, whatever the horizon."""
+    step_s = int(reference.step / np.timedelta64(1, "s"))
+    arr_s = ((fleet.arrival - reference.start) / np.timedelta64(1, "s")).astype(np.int64)
+    dep_s = ((fleet.departure - reference.start) / np.timedelta64(1, "s")).astype(np.int64)
+    first = -(-arr_s // step_s)  # the first step boundary at or after arrival
+    return first + 1 > dep_s // step_s
+
+
+def _number_text(v) -> str:
+    """A float as short as it reads back exactly, without a trailing '.0' (5000.0 -> '5000')."""
+    text = repr(float(v))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _share(x: float) -> str:
+    """A share as a percentage rounded down (99.96 % shows as 99.9 %, never as 100 %)."""
+    return f"{math.floor(x * 1000) / 10:g} %"
+
+
+# ----------------------------------------------------------------------------------------------- JSON
+
+
+def finite_or_none(x):
+    """`x` as a JSON-ready number: a float or int, None where it is NaN or infinite (or None)."""
+    if x is None or isinstance(x, bool):
+        return x
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def json_safe(obj):
+    """`obj` with every NaN or infinite float replaced by None, recursively through dicts, lists, tuples and numpy
+    arrays (numpy scalars become Python numbers), so that ``json.dumps(json_safe(obj), allow_nan=False)`` works.
+    Other values are returned as they are."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return [json_safe(v) for v in obj.tolist()]
+    if isinstance(obj, (float, np.floating, np.integer)) and not isinstance(obj, bool):
+        return finite_or_none(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    return obj
 
 
 # ----------------------------------------------------------------------------------------------- dispatch result

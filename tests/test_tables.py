@@ -459,7 +459,7 @@ def fleets(draw):
         arrival=_T0 + arr.astype("timedelta64[s]"),
         departure=_T0 + (arr + stay).astype("timedelta64[s]"),
         energy_initial_kwh=cap * frac(),
-        energy_target_kwh=draw(arrays(floats(0, 2e3))),
+        energy_target_kwh=draw(arrays(floats(0, 1e3))),  # up to the plausibility limit (fleet.LIMITS)
         capacity_kwh=cap,
         p_charge_max_kw=pc,
         p_discharge_max_kw=pc * (frac() < 0.5),
