@@ -13,11 +13,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 from mosaik_api_v3.types import CreateResult, InputData, Time
 
 from evagg.simulators.aggregator import SignalSource
+from evagg.simulators.reference import Reference
 from evagg.simulators.synthetic import synthetic_fleet, synthetic_reference
 from evagg.simulators.tables import read_reference, read_sessions
+from evagg.simulators.times import to_datetime64
 
 from .common import DEFAULT_TIME_ZERO, SteppedSim
 from .meta import REFERENCE_MODELS, build_meta, read_params
@@ -76,8 +79,13 @@ class ReferenceSim(SteppedSim):
             n_steps = p["n_steps"]
             if n_steps is None:
                 n_steps = g.steps_until(until) if until is not None else max(86400 // g.step_s, 1)
-            ref = synthetic_reference(fleet, start=str(start), step_s=g.step_s, n_steps=int(n_steps) + fsteps,
-                                      seed=p["seed"], kind=kind, scale_kw=p["scale_kw"])
+            if fleet is not None and len(fleet) == 0:
+                # a signal for nobody: 0 kW, said, rather than a signal its (empty) aggregator cannot follow
+                log.warning("ReferenceSim %s: its fleet has no sessions; the signal is 0 kW", eid)
+                ref = Reference(to_datetime64(start), np.timedelta64(g.step_s, "s"), np.zeros(int(n_steps) + fsteps))
+            else:
+                ref = synthetic_reference(fleet, start=str(start), step_s=g.step_s, n_steps=int(n_steps) + fsteps,
+                                          seed=p["seed"], kind=kind, scale_kw=p["scale_kw"])
             source = SignalSource(ref, start, g.step_s, source=f"synthetic {kind} signal")
         if until is not None:
             source.check_covers(g.steps_until(until))

@@ -155,6 +155,8 @@ def _cmd_fleet(args) -> int:
     _check_out_dir(args.out)
     step_s = n_steps = None
     if args.signal_out is not None:
+        if args.n == 0:
+            return _usage_error("--n 0 with --signal-out: a fleet of no sessions has no power to make a signal for")
         _check_out_dir(args.signal_out)
         step_s = args.step_min * 60.0
         if abs(step_s - round(step_s)) > 1e-9:

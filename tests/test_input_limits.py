@@ -12,7 +12,7 @@ import pytest
 
 from evagg.simulators import fleet as fleet_module
 from evagg.simulators import tables as tables_module
-from evagg.simulators.fleet import LIMITS, SESSION_COLUMNS, Fleet, signal_bound_kw
+from evagg.simulators.fleet import LIMITS, SESSION_COLUMNS, signal_bound_kw
 from evagg.simulators.reference import Reference
 from evagg.simulators.synthetic import synthetic_fleet, synthetic_reference
 from evagg.simulators.tables import (
@@ -256,3 +256,13 @@ def test_validate_sessions_frames_get_the_same_limits():
     frame.loc[1, "p_discharge_max_kw"] = 5e3
     with pytest.raises(InputError, match=r"^mine line 3, column p_discharge_max_kw: value 5000.0 must be <= 1000"):
         validate_sessions(frame, source="mine")
+
+
+def test_evagg_fleet_refuses_a_signal_for_an_empty_fleet(tmp_path, capsys):
+    from evagg.scenarios.cli import main
+
+    code = main(["fleet", "--n", "0", "--seed", "1", "--out", str(tmp_path / "f.csv"),
+                 "--signal-out", str(tmp_path / "r.csv")])
+    assert code == 2
+    assert "--n 0" in capsys.readouterr().err
+    assert not (tmp_path / "f.csv").exists() and not (tmp_path / "r.csv").exists()
