@@ -92,7 +92,9 @@ class Problem:
         n_total = np.maximum(stop_total - first, 0)
         e0 = np.asarray(fleet.energy_initial_kwh if energy_initial_kwh is None else energy_initial_kwh, float)
         cap = fleet.capacity_kwh.astype(float)
-        pc_max = fleet.p_charge_max_kw.astype(float)
+        # A charger power below a milliwatt is no charger: as 0 kW it keeps the solvers' 1 / P finite (a subnormal
+        # power made dcls and dchr fail and fall back).
+        pc_max = _powers(fleet.p_charge_max_kw)
         eta_c = fleet.eta_charge.astype(float)
         step_gain = pc_max * eta_c * dt_h
         target = np.minimum(fleet.energy_target_kwh, cap)
@@ -104,7 +106,7 @@ class Problem:
         need_end = np.where(departs, need, np.maximum(need - step_gain * after, floor))
         return cls(
             start=start, step=step, n_steps=int(n_steps), dt_h=float(dt_h), first=first, stop=stop,
-            departs_in_horizon=departs, pc_max=pc_max, pd_max=fleet.p_discharge_max_kw.astype(float),
+            departs_in_horizon=departs, pc_max=pc_max, pd_max=_powers(fleet.p_discharge_max_kw),
             eta_c=eta_c, eta_d=fleet.eta_discharge.astype(float), e0=e0, floor=floor, cap=cap,
             target=target, need=need, need_end=need_end,
         )
@@ -176,6 +178,14 @@ class Problem:
         """(N,) kWh of the target (capped at capacity) not delivered at departure; 0 for EVs leaving later."""
         e_dep = self.energy_at_departure(energy)
         return np.where(self.departs_in_horizon, np.maximum(self.target - e_dep, 0.0), 0.0)
+
+
+NO_POWER_KW = 1e-6
+
+
+def _powers(kw) -> np.ndarray:
+    kw = np.asarray(kw, dtype=float)
+    return np.where(kw < NO_POWER_KW, 0.0, kw)
 
 
 def make_feasible(problem: Problem, pc: np.ndarray, pd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -133,17 +133,12 @@ def subnormal_discharge_case():
     return fleet, Reference(START, np.timedelta64(900, "s"), np.zeros(4)), Limits.build(1, 4, p_max_kw=0.0)
 
 
-SUBNORMAL_BUG = ("engine: with grid limits that put a need out of reach and a subnormal p_discharge_max_kw, "
-                 "limits.reconcile's LP fails and dispatch returns departure_need_unmet = 1 (see "
-                 "subnormal_discharge_case)")
-
-
 # Derandomized: the same examples every run, so a bug found is pinned (as an @example below) rather than making
 # the suite fail now and then; run with more examples by hand to search further.
 @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(method=st.sampled_from(FAST), case=cases())
-@example(method="dcls", case=subnormal_discharge_case()).xfail(raises=AssertionError, reason=SUBNORMAL_BUG)
-@example(method="dchr", case=subnormal_discharge_case()).xfail(raises=AssertionError, reason=SUBNORMAL_BUG)
+@example(method="dcls", case=subnormal_discharge_case())  # was a bug: a subnormal power (now 0 kW, problem.py)
+@example(method="dchr", case=subnormal_discharge_case())
 @example(method="edf", case=subnormal_discharge_case())  # the rules keep the limits and report the shortfall
 def test_every_method_dispatches_random_valid_cases_feasibly(method, case):
     check_dispatch(*case, method)
@@ -151,15 +146,13 @@ def test_every_method_dispatches_random_valid_cases_feasibly(method, case):
 
 @settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(case=cases(max_evs=3, max_steps=6))
-@example(case=subnormal_discharge_case()).xfail(raises=AssertionError, reason=SUBNORMAL_BUG)
+@example(case=subnormal_discharge_case())
 def test_exact_dispatches_small_random_cases_feasibly(case):
     check_dispatch(*case, "exact")
 
 
-@pytest.mark.xfail(strict=True, reason="engine: a positive but subnormal charger power (1e-310 kW) makes dcls "
-                                       "divide by it (dcls.py RelaxedQP: 1.0 / Pd = inf, then a TypeError in "
-                                       "integer.cut_and_fix) and dchr return non-finite powers: both fall back to "
-                                       "uncontrolled instead of solving; found by the property test above")
+# Found by the property test above: a positive but subnormal power made dcls divide by it and dchr return
+# non-finite powers; below a milliwatt a power is 0 kW (problem.py).
 @pytest.mark.parametrize("method", ["dcls", "dchr"])
 def test_a_subnormal_discharge_power_is_solved_not_fallen_back(method):
     row = dict(ev_id="ev0", arrival=START, departure=START + np.timedelta64(3600, "s"), energy_initial_kwh=10.0,
