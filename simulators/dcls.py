@@ -18,8 +18,8 @@ coordinator's price is a semiseparable T x T matrix computed in closed form from
 no cancellation: every quantity is a sum or ratio of positive terms); all EVs' sweeps run as numpy array ops.
 
 Integer feasibility ("disjunctive cuts"): EV-steps of the relaxed optimum that charge and discharge at once are
-cut off by fixing their mode to one side, and the relaxation is solved again, until none is left (see
-integer.py). The first relaxation's dual gives a proven lower bound on the tracking SSE.
+cut off by fixing their mode to one side (dithered over EVs and steps), and the relaxation is solved again,
+at most three solves in all (see integer.py). The first relaxation's dual gives a proven lower bound on the tracking SSE.
 """
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 
 An EV-step that charges and discharges at once in the relaxed optimum lies inside its disjunction's hull.
 Netting it out (keeping its net power, in one mode) is feasible after a repair, and often already optimal: an
-interior-point optimum may sit inside a face of equal optima. Where netting costs tracking, the EV-step is cut
-off by restricting it to one side of the disjunction (the side of its net power) and the relaxation is solved
-again with the restriction, so that other EVs and steps take up what it gave, until no EV-step is left in two
-modes. The best integer-feasible dispatch met on the way is returned.
+interior-point optimum may sit inside a face of equal optima. Where netting costs tracking, the conflicting
+EV-steps are cut off by restricting each to one side of the disjunction, chosen by dithering (see `cut_and_fix`),
+and the relaxation is solved again with those restrictions, so that every power is re-planned around them; at
+most MAX_RELAXED_SOLVES solves in all. The best integer-feasible dispatch met on the way is returned.
 """
 from __future__ import annotations
 
