@@ -311,7 +311,7 @@ class RelaxedQP:
             for b in range(len(idx)):
                 w = int(lay.length[idx[b]])
                 M[cls[idx[b]]][np.ix_(cols[b, :w], cols[b, :w])] += Mb[b, :w, :w]
-        M = M + np.transpose(np.triu(M, 1) if C == 1 else np.stack([np.triu(m, 1) for m in M]), (0, 2, 1))
+        M = M + np.transpose(np.triu(M, 1), (0, 2, 1))  # the lower triangles from the upper (triu works per class)
         # Coordinator over the aggregate and the limit rows, with D = (2 kappa, D_r): (I + D^1/2 U K^-1 U^T D^1/2),
         # U K^-1 U^T's block (a, b) being the sum of the classes in both rows a and b. Without limits this is
         # 2 kappa (I/(2 kappa) + sum_i J_i K_i^-1 J_i^T).
