@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import logging
 import os
 import sys
 import textwrap
@@ -97,7 +98,7 @@ def _setup_dispatch(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_dispatch(args) -> int:
-    _check_out_dir(args.out)
+    _check_out_dir(args.out, inputs=(args.sessions, args.signal))
     fleet = read_sessions(args.sessions)
     reference = read_reference(args.signal, step_s=args.signal_step)
     result = dispatch_module.dispatch(fleet, reference, method=args.method, time_limit_s=args.time_limit)
@@ -157,7 +158,7 @@ def _cmd_fleet(args) -> int:
     if args.signal_out is not None:
         if args.n == 0:
             return _usage_error("--n 0 with --signal-out: a fleet of no sessions has no power to make a signal for")
-        _check_out_dir(args.signal_out)
+        _check_out_dir(args.signal_out, inputs=(args.out,))
         step_s = args.step_min * 60.0
         if abs(step_s - round(step_s)) > 1e-9:
             return _usage_error(f"--step-min {args.step_min:g} is not a whole number of seconds")
@@ -281,8 +282,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _WarningsToStderr(logging.StreamHandler):
+    """evagg's warnings as one line ``evagg: warning: ...`` on the current sys.stderr (looked up at each record,
+    so that a caller who swaps sys.stderr, as pytest does, still gets them)."""
+
+    def __init__(self):
+        super().__init__()
+        self.setLevel(logging.WARNING)
+        self.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
+
+    def format(self, record) -> str:
+        record.levelname = record.levelname.lower()
+        return " ".join(super().format(record).split())
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ sets it; the property always answers sys.stderr
+        pass
+
+
+def _show_warnings() -> None:
+    logger = logging.getLogger("evagg")
+    if not any(isinstance(h, _WarningsToStderr) for h in logger.handlers):
+        logger.addHandler(_WarningsToStderr())
+
+
 def main(argv=None) -> int:
     """Run the `evagg` command with `argv` (default: sys.argv[1:]); returns the exit code."""
+    _show_warnings()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -319,9 +349,13 @@ def _usage_error(message: str) -> int:
     return _error(message, 2)
 
 
-def _check_out_dir(path: Path) -> None:
-    """Fail before any work when the output cannot be written where asked."""
+def _check_out_dir(path: Path, inputs=()) -> None:
+    """Fail before any work when the output cannot be written where asked, or would replace one of `inputs`
+    (the files the command reads, or another of its outputs): writing it would lose that file."""
     directory = path.parent if str(path.parent) else Path(".")
+    for other in inputs:
+        if Path(other).resolve() == path.resolve():
+            raise _UsageError(f"{path}: is also {other}, which this command reads or writes; give another file name")
     if path.is_dir():
         raise _UsageError(f"{path}: is a directory, give a file name")
     if not directory.is_dir():

@@ -42,6 +42,7 @@ import numpy as np
 from evagg.plugin import connect_buses, connect_operator, connect_peak_shaver, operator_groups
 from evagg.simulators.peak_shaving import flat_level_kw
 from evagg.simulators.reference import Reference
+from evagg.simulators.synthetic import synthetic_reference
 from evagg.simulators.tables import read_sessions, write_reference, write_sessions
 
 from . import report
@@ -89,11 +90,19 @@ def write_inputs(opts: Options, feeder, reference, out: Path) -> list[dict]:
         write_sessions(fleet, sessions)
         agg = {"index": i, "evs": n, "sessions": f"{INPUTS}/{sessions.name}", "n_sessions": len(fleet),
                "seed": derived_seed(opts.seed, i, 0), "signal": None}
+        path = out / INPUTS / f"signal-{i}.csv"
         if reference is not None:
             share = n / opts.evs
-            path = out / INPUTS / f"signal-{i}.csv"
             write_reference(Reference(reference.start, reference.step, np.round(reference.p_ref_kw * share, 6)), path)
-            agg["signal"] = f"{INPUTS}/{path.name}"
+            agg["signal"], agg["signal_source"] = f"{INPUTS}/{path.name}", "the signal given (--signal), shared"
+        elif len(fleet):
+            # the synthetic signal is made here, from the sessions table as the aggregator reads it, and saved, so
+            # that inputs/ holds everything the run was given; it covers the last step's look-ahead too
+            synthetic = synthetic_reference(read_sessions(sessions), start=opts.start, step_s=opts.step_s,
+                                            n_steps=opts.n_steps + opts.horizon - 1, seed=agg["seed"],
+                                            kind="regulation")
+            write_reference(synthetic, path)
+            agg["signal"], agg["signal_source"] = f"{INPUTS}/{path.name}", "synthetic regulation (seeded)"
         aggs.append(agg)
     return aggs
 
@@ -297,7 +306,7 @@ def main(**options) -> dict:
 def run(opts: Options) -> dict:
     """Run the feeder day with checked options (`Options.make`); see `main`."""
     feeder, reference = check_inputs(opts)
-    out = check_out(opts.out, opts.scenario, opts.overwrite)
+    out = check_out(opts.out, opts.scenario, opts.overwrite, opts.input_files())
     quiet_mosaik()
     make_out(out)
     progress = Progress(opts.n_steps, opts.progress, desc=f"{opts.scenario} ({opts.method})")

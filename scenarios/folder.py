@@ -37,17 +37,22 @@ def default_out(scenario: str) -> Path:
     return out
 
 
-def check_out(out, scenario: str, overwrite: bool) -> Path:
-    """The results folder to use; ScenarioError if it is in the way (nothing is created here)."""
+def check_out(out, scenario: str, overwrite: bool, inputs=()) -> Path:
+    """The results folder to use; ScenarioError if it is in the way or would hold one of the run's `inputs`
+    (files it reads: emptying the folder would delete them). Nothing is created here."""
     out = default_out(scenario) if out is None else Path(out)
     if out.exists() and not out.is_dir():
         raise ScenarioError(f"{out}: exists and is not a folder")
+    for path in inputs:
+        if Path(path).resolve().is_relative_to(out.resolve()):
+            raise ScenarioError(f"{out}: the results folder holds {path}, an input of this run; choose another "
+                                "--out (or move the input)")
     if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ScenarioError(f"{out}: the folder exists and is not empty (use --overwrite to replace it)")
         if not (out / SUMMARY).is_file():
             raise ScenarioError(f"{out}: the folder is not empty and holds no {SUMMARY}: it is not an evagg results "
-                                "folder, so --overwrite will not empty it")
+                                "folder (--overwrite empties results folders only); choose another --out")
+        if not overwrite:
+            raise ScenarioError(f"{out}: the folder holds results (use --overwrite to replace them)")
     parent = out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

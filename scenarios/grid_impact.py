@@ -35,7 +35,7 @@ def main(**options) -> dict:
 def run(opts: Options) -> dict:
     """Run every policy with checked options (`Options.make`); see `main`."""
     feeder, reference = check_inputs(opts)
-    out = check_out(opts.out, opts.scenario, opts.overwrite)
+    out = check_out(opts.out, opts.scenario, opts.overwrite, opts.input_files())
     quiet_mosaik()
     make_out(out)
     t0 = time.perf_counter()

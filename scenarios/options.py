@@ -10,6 +10,7 @@ import dataclasses
 import math
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,6 +89,7 @@ class Option:
     default_text: str | None = None  # the default as the help says it (default: the value)
     cli_absent: Any = None  # flag options: the value `evagg run` passes when the flag is absent (None: nothing)
     show_range: bool = True  # the help says lo-hi
+    input_file: bool = False  # a file the run reads (text options): the results folder must never hold it
     name: str = ""
     default: Any = None
 
@@ -165,7 +167,7 @@ class Options:
     steps: int | None = option(None, "int", "run only the first S steps of the days (a quick trial)", lo=1,
                                metavar="S", default_text="all")
     grid: str = option(DEFAULT_GRID, "text", "a simbench code (shipped with simbench, e.g. 1-LV-rural1--0-sw, "
-                       "1-MV-rural--0-sw) or a pandapower JSON file", metavar="CODE|path.json")
+                       "1-MV-rural--0-sw) or a pandapower JSON file", metavar="CODE|path.json", input_file=True)
     method: Policy = option(Policy(DEFAULT_METHOD), "policy", f"dispatch method of the aggregators "
                             f"({', '.join(METHODS)}), or a policy: <method>+grid (under a grid operator's limits), "
                             "peak_shaving[+grid], no_evs; for grid_impact the policy compared with uncontrolled, "
@@ -177,10 +179,11 @@ class Options:
                     show_range=False)
     v2g_share: float = option(0.5, "number", "share of EVs that can discharge", label="V2G share", lo=0.0, hi=1.0,
                               metavar="F")
-    aggregators: int = option(2, "int", "aggregators sharing the EVs, each its own simulator",
+    aggregators: int = option(2, "int", "aggregators sharing the EVs, each its own simulator (at most one per "
+                              "EV: more is an error; the default is lowered to the number of EVs)",
                               label="number of aggregators", lo=1, hi=16, metavar="A")
     signal: str | None = option(None, "text", "reference signal for the whole fleet (CSV: time, p_ref_kw), shared "
-                                "by the aggregators in proportion to their EVs", metavar="R.csv",
+                                "by the aggregators in proportion to their EVs", metavar="R.csv", input_file=True,
                                 default_text="synthetic regulation around each fleet's charging need")
     start: str = option(DEFAULT_STUDY_START, "time", "start of the simulated period (profiles are read at the same "
                         "date in 2016)", metavar="ISO")
@@ -229,6 +232,11 @@ class Options:
         base, extra = divmod(self.evs, self.aggregators)
         return [base + (1 if i < extra else 0) for i in range(self.aggregators)]
 
+    def input_files(self) -> list[Path]:
+        """The files this run reads (the options marked `input_file` that name an existing file)."""
+        paths = (getattr(self, name) for name, opt in OPTIONS.items() if opt.input_file)
+        return [Path(p) for p in paths if p is not None and Path(p).is_file()]
+
     def as_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         for k in ("out", "overwrite", "progress", "plots"):
@@ -264,7 +272,12 @@ class Options:
             raise ScenarioError(f"step {v['step_min']:g} min does not divide a day (e.g. 5, 10, 15, 30, 60 min)")
         if "steps" in given:
             v["steps"] = OPTIONS["steps"].check(given["steps"], hi=v["days"] * 86400 // round(step_s))
-        v["aggregators"] = min(v["aggregators"], v["evs"])  # every aggregator has at least one EV
+        if v["aggregators"] > v["evs"]:  # every aggregator has at least one EV
+            if "aggregators" in given:  # asked for: an aggregator with no EV would follow a signal with nothing
+                raise ScenarioError(f"{OPTIONS['aggregators'].cli_flag} {v['aggregators']} is more than the "
+                                    f"{v['evs']} EV(s) of {OPTIONS['evs'].cli_flag}: every aggregator needs at "
+                                    "least one EV")
+            v["aggregators"] = v["evs"]
         if "policies" not in given and "method" in given:
             v["policies"] = tuple(dict.fromkeys(Policy(p) for p in (
                 "uncontrolled", "edf", v["method"], f"{v['method'].method}+grid", "peak_shaving")))

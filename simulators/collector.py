@@ -6,9 +6,9 @@ its last flush. Parquet (a path ending ``.parquet``): a Parquet file is only rea
 journaled the same way to ``<path>.partial.csv`` and written to the Parquet file (atomically) when the table is
 closed; the journal is then removed. After a crash the journal holds what the run had, in the CSV format.
 
-Values are floats (numbers and booleans); None is not written; anything else (text, lists) is not written either,
-and that is logged once per attribute. Times are ISO 8601 (naive, as the tables) when the table knows its start
-time, else the simulation time as given.
+Values are numbers (whole numbers such as counts as written, e.g. ``8``; other numbers and booleans as floats);
+None is not written; anything else (text, lists) is not written either, and that is logged once per attribute.
+Times are ISO 8601 (naive, as the tables) when the table knows its start time, else the simulation time as given.
 """
 from __future__ import annotations
 
@@ -67,6 +67,8 @@ class TidyTable:
             return False
         if isinstance(value, (bool, np.bool_)):
             v = float(value)
+        elif isinstance(value, numbers.Integral):  # counts (n_plugged) stay whole numbers: "8", not "8.0"
+            v = int(value)
         elif isinstance(value, numbers.Real):
             v = float(value)
         else:
@@ -122,8 +124,8 @@ def read_table(path) -> pd.DataFrame:
                        keep_default_na=False, na_values={"value": ["nan", "NaN"]}, float_precision="round_trip")
 
 
-def _number(v: float) -> str:
-    if math.isfinite(v):
+def _number(v) -> str:
+    if isinstance(v, int) or math.isfinite(v):
         return repr(v)  # shortest round trip: reading back gives the value written
     return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
 

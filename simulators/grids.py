@@ -148,6 +148,9 @@ def load_grid(spec) -> Feeder:
         profiles = _profiles(net, spec)
         feeder = Feeder(spec=spec, kind=kind, net=net, profiles=profiles)
         _check(feeder)
+    if not profiles:  # said once per process (the feeder is cached): a study without profiles is a flat day
+        log.warning("grid %s has no load or generation profiles: its loads and generators keep the values in the "
+                    "net at every step (a flat base load)", spec)
     _CACHE[key] = feeder
     return feeder
 

@@ -357,8 +357,10 @@ BAD = [
     (["run", "--start", "2026-01-14T12:07:00"], "boundary"),
     (["run", "--signal", "nope.csv"], "nope.csv: no such file"),
     (["run", "grid_impact", "--policies", "edf,magic"], "magic"),
-    (["run", "--out", "FULL"], "not empty (use --overwrite"),
+    (["run", "--out", "FULL"], "holds results (use --overwrite"),
+    (["run", "--out", "FOREIGN"], "not an evagg results folder"),  # not a hint to --overwrite, which refuses too
     (["run", "--out", "FOREIGN", "--overwrite"], "not an evagg results folder"),
+    (["run", "--evs", "3", "--aggregators", "5"], "--aggregators 5 is more than the 3 EV(s)"),
     (["report", "NOWHERE"], "no such folder"),
     (["report", "FOREIGN"], "not an evagg results folder"),
 ]
@@ -414,7 +416,8 @@ def test_ctrl_c_leaves_an_incomplete_folder_with_the_steps_done(tmp_path, capsys
     out = tmp_path / "cut"
     code, stdout, stderr = run_cli(capsys, "run", "--evs", 4, "--steps", 12, "--start", START, "--out", out)
     assert code == 130
-    assert stderr.startswith("evagg: interrupted after 4 of 12 steps") and stderr.count("\n") == 1
+    said = [line for line in stderr.splitlines() if not line.startswith("evagg: warning: ")]
+    assert len(said) == 1 and said[0].startswith("evagg: interrupted after 4 of 12 steps"), stderr
     s = summary_of(out)
     assert s["complete"] is False and s["interrupted"] is True and s["steps_done"] == 4
     assert s["figures"]["steps"] == 4
@@ -431,7 +434,8 @@ def test_ctrl_c_in_the_second_policy_of_grid_impact(tmp_path, capsys, monkeypatc
     press_ctrl_c_after(monkeypatch, 6)
     out = tmp_path / "cut"
     code, _, stderr = run_cli(capsys, "run", "grid_impact", "--evs", 4, "--steps", 4, "--start", START, "--out", out)
-    assert code == 130 and stderr.startswith("evagg: interrupted after 6 of 20 steps")  # 5 policies x 4 steps
+    said = [line for line in stderr.splitlines() if not line.startswith("evagg: warning: ")]
+    assert code == 130 and said[0].startswith("evagg: interrupted after 6 of 20 steps")  # 5 policies x 4 steps
     top = summary_of(out)
     assert top["complete"] is False and top["policies_run"] == ["uncontrolled", "edf"]
     assert summary_of(out / "uncontrolled")["complete"] is True
