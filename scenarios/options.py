@@ -7,6 +7,7 @@ Policies (`Policy`) are parsed once, here, into objects that the scenario code p
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import sys
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from evagg.simulators.aggregator import DEFAULT_HORIZON
 from evagg.simulators.dispatch import METHODS
 
 from .errors import ScenarioError
+
+log = logging.getLogger("evagg.scenarios")
 
 SCENARIOS = ("feeder_day", "grid_impact", "remote")
 DEFAULT_GRID = "1-LV-rural2--0-sw"  # simbench's rural LV feeder: 97 buses, 99 loads, 8 PV units, a 250 kVA transformer
@@ -360,8 +363,11 @@ def _time(start) -> str:
         ts = pd.Timestamp(str(start))
     except (TypeError, ValueError):
         raise ScenarioError(f"start {start!r} is not an ISO 8601 time like {DEFAULT_STUDY_START}") from None
-    if ts.tzinfo is not None:
-        ts = ts.tz_convert("UTC").tz_localize(None)
+    if ts.tzinfo is not None:  # converted as the tables' times are, and said so once
+        utc = ts.tz_convert("UTC").tz_localize(None)
+        log.warning("start %s: a time with a UTC offset (%s) converted to UTC: %s", start,
+                    ts.strftime("%z")[:3] + ":" + ts.strftime("%z")[3:], utc.strftime("%Y-%m-%dT%H:%M:%S"))
+        ts = utc
     if ts != ts.floor("s"):
         raise ScenarioError(f"start {start} must fall on a whole second")
     return ts.strftime("%Y-%m-%dT%H:%M:%S")
