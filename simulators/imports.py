@@ -26,7 +26,9 @@ What the data lacks, from seeded assumptions (`Assumptions`; same file, options 
   for all: LO = HI);
 - target: energy at arrival + ``eta * E`` (the battery side of the grid energy E the session took or asked for);
 - charger power: ElaadNL's MaxPower, ACN's ``charger_kw`` (default 6.6 kW, a level-2 charger: the data has no
-  power), never below E / charging time nor E / plugged time (so that E fits into the session);
+  power), never below the energy taken / charging time nor / plugged time (so that it fits into the session; a
+  request, ``energy="requested"``, does not make the charger stronger: it may be out of reach, a shortfall);
+- the battery (above) holds the larger of the energy taken and the energy requested;
 - V2G: a share ``v2g_share`` (default 0) of the sessions, drawn, discharge at their charger power;
 - efficiencies ``eta`` (default 0.95) both ways.
 
@@ -139,7 +141,8 @@ def read_acn(path, energy: str = "delivered", strict: bool = False, **assumption
     charge_h = np.where(hours > 0, hours, np.nan)
     frame = _sessions(source, [f"item {k + 1}" for k in range(n)], "sessionID", ids, why, arrival, bad_arr,
                       departure, bad_dep, e, charge_h, np.full(n, np.nan), declared,
-                      np.array([_text(v) for v in get("stationID")], dtype=object), names, texts, a, strict)
+                      np.array([_text(v) for v in get("stationID")], dtype=object), names, texts, a, strict,
+                      took=delivered)
     fallback = int(frame["ev_id"].isin(set(ids[missing])).sum())
     if fallback:
         log.warning("%s: %d of the %d sessions imported have no kWhRequested in their userInputs: their kWhDelivered "
@@ -296,9 +299,11 @@ def _elaad_hours(col: pd.Series, delimiter: str) -> np.ndarray:
 
 
 def _sessions(source, where, id_name, ids, why, arrival, bad_arr, departure, bad_dep, energy, charge_h, power_kw,
-              declared, station, names, texts, a: Assumptions, strict: bool) -> pd.DataFrame:
+              declared, station, names, texts, a: Assumptions, strict: bool, took=None) -> pd.DataFrame:
     """The validated sessions table of the parsed rows (all arrays, one entry per row of the file), with the
-    rows that cannot be a session skipped (or, `strict`, the first of them an InputError)."""
+    rows that cannot be a session skipped (or, `strict`, the first of them an InputError). `energy` is the need
+    (kWh, grid side); `took` what the session actually drew (default: the need): the charger power follows what
+    it took (a request does not make a charger stronger), the battery holds the larger of the two."""
     n = len(ids)
     ids = np.array([_text(v) for v in ids], dtype=object)
     why = list(why)
@@ -312,12 +317,14 @@ def _sessions(source, where, id_name, ids, why, arrival, bad_arr, departure, bad
     soc = rng.uniform(a.soc_initial[0], a.soc_initial[1], n)
     v2g = rng.random(n) < a.v2g_share
 
+    took = energy if took is None else np.asarray(took, dtype=float)
     e_batt = a.eta * energy
     with np.errstate(invalid="ignore", divide="ignore"):
-        cap = np.ceil(np.maximum(a.capacity_kwh, e_batt / (1.0 - soc)) * 1000.0) / 1000.0
+        held = a.eta * np.fmax(energy, took)  # the battery holds the need and what was taken (NaN: none known)
+        cap = np.ceil(np.maximum(a.capacity_kwh, held / (1.0 - soc)) * 1000.0) / 1000.0
         base = np.where(np.isfinite(power_kw) & (power_kw > 0), power_kw, a.charger_kw)
-        need_kw = np.fmax(energy / charge_h, energy / stay_h)  # E within the charging time and the plugged time
-        pc = np.ceil(np.fmax(base, np.where(energy > 0, need_kw, 0.0)) * 1000.0) / 1000.0
+        rate = np.fmax(took / charge_h, took / stay_h)  # what it took within the charging and the plugged time
+        pc = np.ceil(np.fmax(base, np.where(took > 0, rate, 0.0)) * 1000.0) / 1000.0
 
     dup = pd.Series(ids).duplicated(keep="first").to_numpy() & (ids != "")
     first_of = {}
@@ -341,7 +348,7 @@ def _sessions(source, where, id_name, ids, why, arrival, bad_arr, departure, bad
          lambda k: f"{energy[k]:g} kWh needs a battery of {cap[k]:g} kWh, over the limit of "
                    f"{LIMITS['capacity_kwh'].high:g} kWh"),
         (pc > LIMITS["p_charge_max_kw"].high,
-         lambda k: f"{energy[k]:g} kWh in {min(stay_h[k], np.nan_to_num(charge_h[k], nan=np.inf)):.3g} h needs "
+         lambda k: f"{took[k]:g} kWh in {min(stay_h[k], np.nan_to_num(charge_h[k], nan=np.inf)):.3g} h needs "
                    f"{pc[k]:g} kW, over the limit of {LIMITS['p_charge_max_kw'].high:g} kW"),
     ]
     with np.errstate(invalid="ignore"):

@@ -119,13 +119,20 @@ def test_acn_plain_list_and_seeds(tmp_path):
 
 
 def test_acn_requested_energy(tmp_path, caplog):
-    path = write_acn(tmp_path / "acn.json", GOOD_ACN)
+    greedy = acn_item("s4", "2018-04-25T15:00:00", "2018-04-25T19:00:00", 10.0,
+                      inputs=[user_input("2018-04-25T15:01:00", 80.0, "2018-04-25T19:00:00")])
+    path = write_acn(tmp_path / "acn.json", GOOD_ACN + [greedy])
     with caplog.at_level(logging.WARNING):
         frame = read_acn(path, energy="requested")
     grid_kwh = (frame.energy_target_kwh - frame.energy_initial_kwh) / ETA
-    np.testing.assert_allclose(grid_kwh, [7.932, 12.0, 100.0], atol=1e-5)  # s2 asked for 12 kWh (latest input)
-    check_energy_bounds(frame)
-    assert any("2 of the 3 sessions imported have no kWhRequested" in r.getMessage() for r in caplog.records)
+    np.testing.assert_allclose(grid_kwh, [7.932, 12.0, 100.0, 80.0], atol=1e-5)  # s2: 12 kWh, its latest input
+    check_energy_bounds(frame.iloc[:3])
+    # asking 80 kWh where 10 were taken in 4 h: the battery holds the request, the charger stays what it was
+    delivered = read_acn(path)
+    assert frame.p_charge_max_kw[3] == delivered.p_charge_max_kw[3] == Assumptions().charger_kw
+    assert frame.energy_target_kwh[3] <= frame.capacity_kwh[3] + 1e-9
+    assert frame.p_charge_max_kw[3] * 4 < 80.0  # out of reach: a shortfall for the study to count
+    assert any("2 of the 4 sessions imported have no kWhRequested" in r.getMessage() for r in caplog.records)
 
 
 def test_acn_strict_and_nothing_written(tmp_path, capsys):
