@@ -24,6 +24,8 @@ import pandas as pd
 
 from evagg.simulators import dispatch as dispatch_module  # looked up at the call (tests replace the function)
 from evagg.simulators.dispatch import METHODS
+from evagg.simulators.fleet import Fleet
+from evagg.simulators.imports import ENERGY_CHOICES, Assumptions, read_acn, read_elaad
 from evagg.simulators.synthetic import synthetic_fleet, synthetic_reference
 from evagg.simulators.tables import (
     InputError,
@@ -186,6 +188,83 @@ def _cmd_fleet(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- import
+
+IMPORT_FORMATS = {"acn": read_acn, "elaad": read_elaad}
+
+
+def _setup_import(p: argparse.ArgumentParser) -> None:
+    a = Assumptions()
+    p.description = _describe(
+        "Turn session data in the formats users hold into a sessions table (times in UTC): acn = ACN-Data JSON "
+        "(Caltech/JPL, as the API and the website export it: connectionTime, disconnectTime, kWhDelivered, "
+        "userInputs' kWhRequested and requestedDeparture, which becomes the column departure_declared); elaad = "
+        "ElaadNL open transactions CSV (';' or ','; UTCTransactionStart, UTCTransactionStop, TotalEnergy kWh, "
+        "MaxPower kW, ChargeTime h). What the data lacks comes from the seeded assumptions below: a battery of "
+        "--capacity-kwh (larger where the session took more), an energy at arrival of --soc-initial of it, a "
+        "target of that plus what the session took (times the efficiency 0.95), a charger never too weak for "
+        "the energy. Rows that cannot be a session are skipped and said on stderr (line or item, id), with their "
+        "count. Prints a one-line JSON summary on stdout; writes --out only on success."
+    )
+    p.epilog = SESSIONS_FORMAT + "\n  (imported tables add the column station, and for ACN departure_declared)"
+    p.add_argument("format", choices=tuple(IMPORT_FORMATS), help="the file's format: acn (JSON) or elaad (CSV)")
+    p.add_argument("file", type=Path, metavar="FILE", help="the session data to import")
+    p.add_argument("--out", required=True, type=Path, metavar="SESSIONS.csv",
+                   help="where to write the sessions table (not over FILE)")
+    p.add_argument("--energy", choices=ENERGY_CHOICES, default=None,
+                   help="acn: the energy a session needs: delivered (kWhDelivered, what it took: feasible) or "
+                        "requested (the driver's kWhRequested, where given); default: delivered")
+    p.add_argument("--capacity-kwh", type=_positive_float, default=a.capacity_kwh, metavar="KWH",
+                   help=f"battery capacity, kWh (raised where a session took more); default: {a.capacity_kwh:g}")
+    p.add_argument("--soc-initial", type=_soc_range, default=a.soc_initial, metavar="F|LO,HI",
+                   help="state of charge at arrival: a share in [0, 1), or a range drawn uniformly (seeded); "
+                        f"default: {a.soc_initial[0]:g},{a.soc_initial[1]:g}")
+    p.add_argument("--v2g-share", type=_share, default=a.v2g_share, metavar="F",
+                   help=f"share of sessions (drawn, seeded) that can discharge at their charger power; default: "
+                        f"{a.v2g_share:g}")
+    p.add_argument("--charger-kw", type=_positive_float, default=a.charger_kw, metavar="KW",
+                   help=f"charger power where the data has none (ACN; ElaadNL without MaxPower), kW; never below "
+                        f"the session's energy over its charging time; default: {a.charger_kw:g}")
+    p.add_argument("--seed", type=int, default=a.seed, metavar="K", help=f"random seed of the draws; default: {a.seed}")
+    p.add_argument("--strict", action="store_true", help="a row that cannot be a session is an error (nothing "
+                                                         "written) instead of skipped")
+
+
+def _cmd_import(args) -> int:
+    if args.energy is not None and args.format != "acn":
+        return _usage_error(f"--energy is for ACN-Data (acn): {args.format} gives the energy taken only")
+    if not args.file.is_file():
+        return _usage_error(f"{args.file}: no such file")
+    if args.out.resolve() == args.file.resolve() or (args.out.exists() and os.path.samefile(args.out, args.file)):
+        return _usage_error(f"--out {args.out} is the input file: give another file name")
+    _check_out_dir(args.out)
+    options = dict(capacity_kwh=args.capacity_kwh, soc_initial=args.soc_initial, v2g_share=args.v2g_share,
+                   seed=args.seed, charger_kw=args.charger_kw, strict=args.strict)
+    if args.format == "acn":
+        options["energy"] = args.energy or ENERGY_CHOICES[0]
+    try:
+        frame = IMPORT_FORMATS[args.format](args.file, **options)
+    except InputError:
+        raise
+    except ValueError as exc:  # an assumption out of range
+        return _usage_error(str(exc))
+    fleet = Fleet.from_frame(frame)
+    write_sessions(fleet, args.out)
+    summary = {
+        "sessions": str(args.out),
+        "format": args.format,
+        "n_sessions": len(fleet),
+        "skipped": len(frame.attrs.get("skipped", ())),
+        "energy_kwh": round(float(np.sum((fleet.energy_target_kwh - fleet.energy_initial_kwh) / fleet.eta_charge)), 6),
+        "v2g_sessions": int(np.sum(fleet.p_discharge_max_kw > 0)),
+        "first_arrival": str(fleet.arrival.min()),
+        "last_departure": str(fleet.departure.max()),
+        "departure_declared": "departure_declared" in frame.columns,
+    }
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- run / report
 
 RUN_DESCRIPTION = """\
@@ -265,6 +344,7 @@ SUBCOMMANDS = {
     "dispatch": ("dispatch a fleet to follow a reference signal, write the result table", _setup_dispatch,
                  _cmd_dispatch),
     "fleet": ("write a synthetic fleet (and optionally a reference signal)", _setup_fleet, _cmd_fleet),
+    "import": ("turn ACN-Data JSON or ElaadNL CSV session data into a sessions table", _setup_import, _cmd_import),
 }
 
 
@@ -401,6 +481,17 @@ def _share(text: str) -> float:
     if not 0.0 <= v <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a share in [0, 1]")
     return v
+
+
+def _soc_range(text: str) -> tuple[float, float]:
+    try:
+        parts = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share F or a range LO,HI") from None
+    parts = parts * 2 if len(parts) == 1 else parts
+    if len(parts) != 2 or not 0.0 <= parts[0] <= parts[1] < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a share in [0, 1) or a range 0 <= LO <= HI < 1")
+    return parts
 
 
 def _mix(text: str) -> tuple[float, float, float]:

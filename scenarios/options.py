@@ -7,7 +7,10 @@ Policies (`Policy`) are parsed once, here, into objects that the scenario code p
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +22,12 @@ import pandas as pd
 from evagg.plugin.meta import COUPLINGS
 from evagg.simulators.aggregator import DEFAULT_HORIZON
 from evagg.simulators.dispatch import METHODS
+from evagg.simulators.fleet import Fleet
+from evagg.simulators.tables import InputError, read_sessions
 
 from .errors import ScenarioError
+
+log = logging.getLogger("evagg.scenarios")
 
 SCENARIOS = ("feeder_day", "grid_impact", "remote")
 DEFAULT_GRID = "1-LV-rural2--0-sw"  # simbench's rural LV feeder: 97 buses, 99 loads, 8 PV units, a 250 kVA transformer
@@ -185,6 +192,12 @@ class Options:
     signal: str | None = option(None, "text", "reference signal for the whole fleet (CSV: time, p_ref_kw), shared "
                                 "by the aggregators in proportion to their EVs", metavar="R.csv", input_file=True,
                                 default_text="synthetic regulation around each fleet's charging need")
+    sessions: str | None = option(None, "text", "your own sessions table (CSV, e.g. from evagg import) instead of "
+                                  "the synthetic fleet: the sessions plugged in within the study window, shared by "
+                                  "the aggregators, each at its bus column or else spread over the feeder's load "
+                                  "buses (seeded, the sessions of one station at one bus); the study starts at the "
+                                  "first arrival unless --start is given", metavar="S.csv", input_file=True,
+                                  default_text="synthetic sessions (--evs, --v2g-share)")
     start: str = option(DEFAULT_STUDY_START, "time", "start of the simulated period (profiles are read at the same "
                         "date in 2016)", metavar="ISO")
     horizon: int = option(DEFAULT_HORIZON, "int", "steps each re-dispatch plans ahead", label="horizon", lo=1,
@@ -272,6 +285,8 @@ class Options:
             raise ScenarioError(f"step {v['step_min']:g} min does not divide a day (e.g. 5, 10, 15, 30, 60 min)")
         if "steps" in given:
             v["steps"] = OPTIONS["steps"].check(given["steps"], hi=v["days"] * 86400 // round(step_s))
+        if v["sessions"] is not None:
+            _with_own_sessions(v, given, round(step_s))
         if v["aggregators"] > v["evs"]:  # every aggregator has at least one EV
             if "aggregators" in given:  # asked for: an aggregator with no EV would follow a signal with nothing
                 raise ScenarioError(f"{OPTIONS['aggregators'].cli_flag} {v['aggregators']} is more than the "
@@ -287,6 +302,57 @@ class Options:
         if "remote" not in given:
             v["remote"] = scenario == "remote"
         return cls(**v)
+
+
+def own_sessions(path) -> Fleet:
+    """The fleet of --sessions, read once per process while the file is unchanged (so that its notes are said
+    once); ScenarioError for a missing or bad file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ScenarioError(f"sessions {path}: no such file") from None
+    try:
+        return _read_sessions_once(str(path), st.st_mtime_ns, st.st_size)
+    except InputError as exc:
+        raise ScenarioError(str(exc)) from None
+
+
+@functools.lru_cache(maxsize=4)
+def _read_sessions_once(path: str, mtime_ns: int, size: int) -> Fleet:
+    return read_sessions(path)
+
+
+def _with_own_sessions(v: dict, given: dict, step_s: int) -> None:
+    """--sessions: the EVs are the file's sessions plugged in within the study window (``evs`` is their number);
+    without --start the study starts at the step of the first arrival. ScenarioError when no session is plugged
+    in within the window; a warning for those left out."""
+    for name in ("evs", "v2g_share"):
+        if name in given:
+            raise ScenarioError(f"{OPTIONS[name].cli_flag} is for the synthetic fleet: with --sessions the EVs are the "
+                                "file's sessions")
+    fleet = own_sessions(v["sessions"])
+    if not len(fleet):
+        raise ScenarioError(f"sessions {v['sessions']}: no sessions (a header only)")
+    first, last = fleet.arrival.min(), fleet.departure.max()
+    step = np.timedelta64(step_s, "s")
+    if "start" not in given:
+        day = first.astype("datetime64[D]").astype("datetime64[s]")
+        v["start"] = str(day + (first - day) // step * step)
+        log.warning("sessions %s: the study starts at the step of the first arrival, %s (--start moves it)",
+                    v["sessions"], v["start"])
+    start = np.datetime64(v["start"], "s")
+    full = v["days"] * 86400 // step_s
+    end = start + step * (full if v["steps"] is None else min(v["steps"], full))
+    inside = (fleet.departure > start) & (fleet.arrival < end)
+    window = f"the study window {start} to {end}"
+    if not inside.any():
+        raise ScenarioError(f"sessions {v['sessions']}: no session is plugged in within {window} (the sessions "
+                            f"span {first} to {last}): choose --start (and --days) within them")
+    if not inside.all():
+        log.warning("sessions %s: %d of %d sessions lie outside %s (the sessions span %s to %s) and are left out; "
+                    "--start and --days choose the window", v["sessions"], int((~inside).sum()), len(fleet), window,
+                    first, last)
+    v["evs"] = int(inside.sum())
 
 
 OPTIONS: dict[str, Option] = {
@@ -373,8 +439,11 @@ def _time(start) -> str:
         ts = pd.Timestamp(str(start))
     except (TypeError, ValueError):
         raise ScenarioError(f"start {start!r} is not an ISO 8601 time like {DEFAULT_STUDY_START}") from None
-    if ts.tzinfo is not None:
-        ts = ts.tz_convert("UTC").tz_localize(None)
+    if ts.tzinfo is not None:  # converted as the tables' times are, and said so once
+        utc = ts.tz_convert("UTC").tz_localize(None)
+        log.warning("start %s: a time with a UTC offset (%s) converted to UTC: %s", start,
+                    ts.strftime("%z")[:3] + ":" + ts.strftime("%z")[3:], utc.strftime("%Y-%m-%dT%H:%M:%S"))
+        ts = utc
     if ts != ts.floor("s"):
         raise ScenarioError(f"start {start} must fall on a whole second")
     return ts.strftime("%Y-%m-%dT%H:%M:%S")

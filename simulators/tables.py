@@ -9,8 +9,10 @@ Tables (kW, kWh, fractions; times ISO 8601):
 - reference signal: ``time, p_ref_kw`` on a regular grid of whole seconds, at least one row.
 - dispatch result (long form): ``time, ev_id, p_charge_kw, p_discharge_kw, energy_kwh``.
 
-Times: ISO 8601. Times with a UTC offset are converted to UTC and made naive; naive times are taken as they are
-(i.e. as UTC), the same way for sessions and signal. Arrivals with a fraction of a second are rounded up and
+Times: ISO 8601. Times with a UTC offset are converted to UTC and made naive, and the conversion is said once per
+file (a warning through the logger: ``s.csv: times with a UTC offset (+01:00, +02:00) converted to UTC``); naive
+times are taken as they are (i.e. as UTC), the same way for sessions and signal. A file that mixes times with and
+without an offset is an `InputError` naming the first line of each kind. Arrivals with a fraction of a second are rounded up and
 departures rounded down to the whole second (never lengthening a session); signal times must be whole seconds.
 
 Every problem in an input file raises `InputError`, whose message names the file, the physical line of the CSV
@@ -165,6 +167,7 @@ class _Problems:
         self.order = {c: k for k, c in enumerate(column_order)}
         self.found: list[tuple[int, int, InputProblem]] = []
         self.count = 0
+        self.times: list[tuple[str, np.ndarray, np.ndarray]] = []  # the file's time columns (`time_column`)
 
     def add(self, mask, column: str, texts, what) -> None:
         """Rows where `mask` holds have a problem in `column`; `what` is a string or a function of the row."""
@@ -181,23 +184,58 @@ class _Problems:
         self.found.append((line or 0, -1, InputProblem(line, column, None, what)))
 
     def raise_if_any(self) -> None:
+        """Raise the first problems found (with the file's time zones checked first: `_time_zones`); with none,
+        say once that times with an offset were converted to UTC."""
+        offsets = self._time_zones()
         if self.found:
             self.found.sort(key=lambda x: (x[0], x[1]))
             raise InputError(self.source, [p for _, _, p in self.found[:_MAX_LISTED]], self.count)
+        if offsets:
+            log.warning("%s: times with a UTC offset (%s) converted to UTC", self.source, ", ".join(offsets))
+
+    def time_column(self, column: str, texts: np.ndarray, empty: np.ndarray) -> None:
+        """Note a time column (its cells' text) for the file's time-zone check (`_time_zones`)."""
+        self.times.append((column, texts, empty))
+
+    def _time_zones(self) -> list[str]:
+        """The distinct UTC offsets of the file's times (sorted; [] when no time has one). A file mixing times with
+        and without an offset is a problem naming the first line (and column, value) of each kind: a naive time
+        is UTC, so a mix is almost always local times half converted."""
+        first = {}  # kind -> (line, column order, column, text)
+        offsets = set()
+        for column, texts, empty in self.times:
+            text = pd.Series(np.asarray(texts, dtype=object)).astype(str)
+            found = text.str.extract(_OFFSET, expand=False).to_numpy(dtype=object)
+            aware = pd.notna(found)
+            full = ~np.asarray(empty, dtype=bool)
+            for kind, mask in (("with", aware & full), ("without", ~aware & full)):
+                idx = np.flatnonzero(mask)
+                if idx.size:
+                    k = int(idx[np.argmin(self.lines[idx])])
+                    here = (int(self.lines[k]), self.order.get(column, len(self.order)), column, str(texts[k]))
+                    first[kind] = min(first.get(kind, here), here)
+            offsets.update(_offset_text(o) for o in found[aware & full])
+        if len(first) == 2:
+            (lw, _, cw, tw), (ln, _, cn, tn) = first["with"], first["without"]
+            self.add_file(f"mixes times with a UTC offset (first: line {lw}, column {cw}, {_show(tw)}) and times "
+                          f"without one (first: line {ln}, column {cn}, {_show(tn)}): give every time with its "
+                          "offset, or none (a time without an offset is UTC)", line=min(lw, ln))
+        return sorted(offsets)
 
 
 # ----------------------------------------------------------------------------------------------- reading CSV
 
 
-def _read_csv_text(path, required=()) -> tuple[pd.DataFrame, np.ndarray]:
-    """The table of `path` as stripped strings, with the physical line number of each data row.
+def _read_csv_text(path, required=(), delimiter=",") -> tuple[pd.DataFrame, np.ndarray]:
+    """The table of `path` as stripped strings, with the physical line number of each data row (fields split by
+    `delimiter`: the project's tables are ','-separated; imported ones may not be).
 
     Checks the header (names, duplicates, the `required` columns) before any row, then each row's field count.
     """
     source = str(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
+            reader = csv.reader(f, delimiter=delimiter)
             header = None
             header_line = 0
             rows, lines = [], []
@@ -386,9 +424,22 @@ def _times(col: pd.Series, column: str, texts: np.ndarray, problems: _Problems) 
         ts = pd.Series([_one_time(v) for v in col], index=col.index, dtype="datetime64[ns, UTC]")
     ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
     bad = ts.isna().to_numpy() & ~empty
+    problems.time_column(column, texts, empty | bad)
     problems.add(empty, column, texts, "is empty: an ISO 8601 time is required")
     problems.add(bad, column, texts, "is not a valid ISO 8601 time (e.g. 2026-06-01T18:30:00)")
     return ts.reset_index(drop=True)
+
+
+# A UTC offset at the end of an ISO 8601 time of day (Z, +02, +0200, +02:00); a date alone has none.
+_OFFSET = r"(?i)[T ]\d{2}(?::?\d{2}){0,2}(?:[.,]\d+)?\s*(Z|[+-]\d{2}(?::?\d{2})?)$"
+
+
+def _offset_text(offset: str) -> str:
+    """An offset as +HH:MM (Z is +00:00)."""
+    if offset.upper() == "Z":
+        return "+00:00"
+    digits = offset[1:].replace(":", "")
+    return f"{offset[0]}{digits[:2]}:{digits[2:4] or '00'}"
 
 
 def _one_time(v):

@@ -210,13 +210,20 @@ def test_help_explains_every_option(capsys, command):
         "fleet": ["--n", "--seed", "--out", "--v2g-share", "--days", "--start", "--mix", "--buses", "--signal-out",
                   "--signal-kind", "--step-min"],
         "run": ["--evs", "--days", "--step-min", "--grid", "--method", "--out", "--overwrite", "--seed", "--v2g-share",
-                "--aggregators", "--signal", "--start", "--horizon", "--forecast", "--v-band", "--policies", "--steps"],
+                "--aggregators", "--signal", "--start", "--horizon", "--forecast", "--v-band", "--policies", "--steps",
+                "--sessions"],
         "report": ["DIR"],
+        "import": ["FILE", "--out", "--energy", "--capacity-kwh", "--soc-initial", "--v2g-share", "--charger-kw",
+                   "--seed", "--strict"],
     }[command]
     for option in parser_options:
         assert option in stdout
     if command in ("run", "report"):  # the scenarios' options and results folder (tests/test_scenarios.py)
         assert "summary.json" in stdout
+        return
+    if command == "import":  # the formats read and the table written
+        for word in ("kW", "kWh", "UTC", "ISO 8601", "capacity_kwh", "connectionTime", "UTCTransactionStart"):
+            assert word in stdout
         return
     for unit in ("kW", "kWh", "ISO 8601", "p_ref_kw", "capacity_kwh"):
         assert unit in stdout

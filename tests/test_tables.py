@@ -114,7 +114,7 @@ def test_header_only_is_an_empty_fleet(tmp_path):
 
 def test_timezones_converted_to_naive_utc(tmp_path):
     fleet = read_sessions(sessions_file(tmp_path, {(0, "arrival"): "2026-06-01T10:00:00+02:00",
-                                                   (0, "departure"): "2026-06-01T17:00:00Z"}))
+                                                   (0, "departure"): "2026-06-01T17:00:00Z"}, rows=GOOD[:1]))
     assert fleet.arrival[0] == np.datetime64("2026-06-01T08:00:00")
     assert fleet.departure[0] == np.datetime64("2026-06-01T17:00:00")
     sig = write_table(tmp_path / "r.csv", ["time", "p_ref_kw"],
