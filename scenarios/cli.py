@@ -112,6 +112,11 @@ def _cmd_dispatch(args) -> int:
         print(f"{PROG}: warning: no session is plugged in for a whole step of the signal's horizon "
               f"({reference.start} to {reference.end}); check that both files use the same times (UTC)",
               file=sys.stderr, flush=True)
+    certain = result.problem.certain_shortfall(result.energy)
+    if np.any(certain > 1e-6):
+        print(f"{PROG}: warning: {int(np.sum(certain > 1e-6))} session(s) still plugged in at the signal's end "
+              f"({reference.end}) will miss {certain.sum():.3f} kWh of their targets even charging flat out until "
+              "departure (certain_shortfall_kwh in the summary)", file=sys.stderr, flush=True)
     write_dispatch(result, args.out)
     print(result.summary_json(), flush=True)
     return 0

@@ -129,6 +129,9 @@ class DispatchResult:
             "mip_gap": self.mip_gap,
             "shortfall_kwh": float(short.sum()),
             "evs_with_shortfall": int(np.sum(short > 1e-6)),
+            # EVs leaving after the horizon: how many, and what they will miss whatever happens after it
+            "evs_plugged_at_end": int(np.sum(self.problem.plugged_at_end)),
+            "certain_shortfall_kwh": float(self.problem.certain_shortfall(self.energy).sum()),
             "limit_rows": 0 if self.problem.limits is None else self.problem.limits.n_rows,
             "needs_lowered_kwh": self.needs_lowered_kwh,
             "violations": self.violations,

@@ -71,6 +71,7 @@ class Problem:
     need: np.ndarray  # (N,) the spec's need: the target as far as charging flat out can reach it
     need_end: np.ndarray  # (N,) see class doc
     limits: Limits | None = None  # hard bounds on the net power of sets of EVs (grid limits), see limits.py
+    steps_after: np.ndarray | None = None  # (N,) plugged steps after the horizon (0 for EVs leaving within it)
 
     @classmethod
     def build(cls, fleet: Fleet, start, step, n_steps: int, energy_initial_kwh=None) -> "Problem":
@@ -90,6 +91,7 @@ class Problem:
         first = np.minimum(first, n_steps)
         stop = np.maximum(stop, first)
         n_total = np.maximum(stop_total - first, 0)
+        steps_after = np.where(first < n_steps, np.maximum(stop_total - n_steps, 0), 0)
         e0 = np.asarray(fleet.energy_initial_kwh if energy_initial_kwh is None else energy_initial_kwh, float)
         cap = fleet.capacity_kwh.astype(float)
         # A charger power below a milliwatt is no charger: as 0 kW it keeps the solvers' 1 / P finite (a subnormal
@@ -108,7 +110,7 @@ class Problem:
             start=start, step=step, n_steps=int(n_steps), dt_h=float(dt_h), first=first, stop=stop,
             departs_in_horizon=departs, pc_max=pc_max, pd_max=_powers(fleet.p_discharge_max_kw),
             eta_c=eta_c, eta_d=fleet.eta_discharge.astype(float), e0=e0, floor=floor, cap=cap,
-            target=target, need=need, need_end=need_end,
+            target=target, need=need, need_end=need_end, steps_after=steps_after,
         )
 
     def with_limits(self, limits: Limits | None) -> "Problem":
@@ -178,6 +180,22 @@ class Problem:
         """(N,) kWh of the target (capped at capacity) not delivered at departure; 0 for EVs leaving later."""
         e_dep = self.energy_at_departure(energy)
         return np.where(self.departs_in_horizon, np.maximum(self.target - e_dep, 0.0), 0.0)
+
+    @property
+    def plugged_at_end(self) -> np.ndarray:
+        """(N,) bool: the EV is plugged in in the horizon's last step and leaves after it."""
+        after = np.zeros(self.n_evs, dtype=np.int64) if self.steps_after is None else self.steps_after
+        return (after > 0) & (self.stop > self.first)
+
+    def certain_shortfall(self, energy: np.ndarray) -> np.ndarray:
+        """(N,) kWh of the target that EVs still plugged at the horizon's end will miss whatever comes after it:
+        the target minus what charging flat out from the end until departure can still add (0 for the others).
+        Counted apart from `shortfall`, which is the shortfall at departures within the horizon."""
+        if self.steps_after is None:
+            return np.zeros(self.n_evs)
+        reach = np.minimum(self.energy_at_departure(energy) + self.charge_gain * self.pc_max * self.steps_after,
+                           self.cap)
+        return np.where(self.plugged_at_end, np.maximum(self.target - reach, 0.0), 0.0)
 
 
 NO_POWER_KW = 1e-6

@@ -106,3 +106,24 @@ def test_the_synthetic_signal_is_kept_with_the_inputs(small_run):
         assert len(sent) == 3
         # the same values: only the unit differs (kW in the table, MW at the mosaik boundary)
         np.testing.assert_allclose(sent.value.to_numpy() * 1000.0, saved.p_ref_kw[:3], rtol=1e-12, atol=0)
+
+
+def test_evs_plugged_at_the_end_are_reported_apart(tmp_path, capsys):
+    """A session that cannot charge (0 kW) and leaves after the signal: its shortfall is certain, and said."""
+    fleet = synthetic_fleet(6, seed=2, start="2026-06-01T00:00:00").to_frame()
+    fleet.loc[0, ["arrival", "departure"]] = [pd.Timestamp("2026-06-01T20:00:00"), pd.Timestamp("2026-06-02T06:00:00")]
+    fleet.loc[0, ["p_charge_max_kw", "p_discharge_max_kw"]] = 0.0
+    sessions, signal, out = tmp_path / "s.csv", tmp_path / "r.csv", tmp_path / "d.csv"
+    fleet.to_csv(sessions, index=False, date_format="%Y-%m-%dT%H:%M:%S")
+    reference = synthetic_reference(None, start="2026-06-01T00:00:00", seed=2)  # ends 2026-06-02T00:00
+    write_reference(reference, signal)
+    code, stdout, stderr = run_cli(capsys, "dispatch", "--sessions", sessions, "--signal", signal, "--out", out)
+    assert code == 0, stderr
+    summary = json.loads(stdout)
+    end = pd.Timestamp("2026-06-02T00:00:00")
+    leaving_later = int(np.sum((pd.to_datetime(fleet.departure) > end) & (pd.to_datetime(fleet.arrival) < end)))
+    assert summary["evs_plugged_at_end"] == leaving_later >= 1
+    need = min(fleet.energy_target_kwh[0], fleet.capacity_kwh[0]) - fleet.energy_initial_kwh[0]
+    assert summary["certain_shortfall_kwh"] >= need - 1e-9  # at least the stuck EV's whole need
+    assert summary["shortfall_kwh"] == 0.0  # no departure within the horizon misses its target
+    assert "still plugged in at the signal's end" in stderr
