@@ -276,9 +276,12 @@ class Scan:
         entity p_kw|E, energy_kwh|E, soc_<q>|E, trafo|E (kW, kWh, pu, %)."""
         if not self.parts:
             return pd.DataFrame()
-        return pd.concat(self.parts, axis=0, sort=False)
+        frame = pd.concat(self.parts, axis=0, sort=False)
+        fixed = [c for c in _SERIES if c in frame]  # one order whatever the frames held
+        return frame[fixed + sorted(c for c in frame.columns if c not in _SERIES)]
 
 
+_SERIES = ("ev_kw", "ref_kw", "vm_min", "vm_med", "vm_max", "line_med", "line_max", "trafo_max")
 _SCANS: dict = {}  # the last scan of each table (path, size, mtime): summarize and the plots read a year once
 
 
