@@ -15,6 +15,12 @@ What it adds to mosaik-pandapower-2 (everything else is the adapter as it is):
   it covers; a shorter one holds its row.
 - ``Transformer`` children (``Transformer-<index>``, related to their two buses) with ``loading[%]`` and
   ``P_hv[MW]`` (pandapower's ``res_trafo``), declared in `evagg.plugin.meta.GRID_MODELS`.
+- The power flow reuses pandapower's set-up between steps (``runpp(..., recycle=dict(bus_pq=True, trafo=False,
+  gen=False))``: the admittance matrix and the bus lookups of the first step, only the buses' P and Q renewed,
+  warm-started from the last results), since the topology does not change between steps; switching an element on
+  or off (``disable_elements`` / ``enable_elements``) makes the next step set up afresh, and so does a recycled
+  power flow that does not converge (it is run once more from scratch before failing). Profiles and bus inputs are
+  written column by column (one pandas write per column and step, not one per element).
 - ``same_step=True`` (simulator param): a mosaik "hybrid" simulator whose Bus inputs (``P_load[MW]``,
   ``P_gen[MW]``, ``Q_load[MVar]``, ``Q_gen[MVar]``) are triggers, so that new power from a simulator in the same
   ``world.group()`` (an AggregatorSim with ``same_step=True`` re-planning the step) runs the power flow again at
@@ -28,7 +34,9 @@ from __future__ import annotations
 
 import copy
 
-from mosaik_components.pandapower.simulator import META as _PP_META
+import numpy as np
+import pandapower as pp
+from mosaik_components.pandapower.simulator import MODEL_TO_ELEMENT_SPECS, META as _PP_META
 from mosaik_components.pandapower.simulator import Simulator
 
 from evagg.simulators.times import to_datetime64
@@ -45,6 +53,8 @@ _OUTPUTS = {model: spec.output_attrs for model, spec in GRID_MODELS.items()}
 _RESULTS = {"Transformer": "res_trafo"}
 # same_step=True: the inputs that run the power flow again at the same time
 SAME_STEP_TRIGGERS = {"Bus": ["P_load[MW]", "P_gen[MW]", "Q_load[MVar]", "Q_gen[MVar]"]}
+# Only the buses' P and Q change between steps (profiles, bus inputs): pandapower keeps the rest of its set-up.
+RECYCLE = {"bus_pq": True, "trafo": False, "gen": False}
 
 
 class SimbenchGridSim(Simulator):
@@ -57,6 +67,8 @@ class SimbenchGridSim(Simulator):
         self.start_date = to_datetime64(f"{PROFILE_YEAR}-01-01")
         self.start = self.start_date  # the time of mosaik time 0 (where the profiles are read)
         self.feeder: Feeder | None = None  # the grid loaded by grid= / simbench=, with its profiles
+        self.recycle = True  # reuse pandapower's set-up between steps (see the module doc)
+        self._positions: dict = {}  # (element, index key) -> row positions in the element's table
 
     def init(self, sid, time_resolution: float = 1.0, step_size: int | None = 900, start_date: str | None = None,
              same_step: bool = False):
@@ -101,8 +113,59 @@ class SimbenchGridSim(Simulator):
             step_s = (self._step_size or 0) * self.time_resolution
             values = self.feeder.profile_values(self.start, time * self.time_resolution, step_s)
             for (elm, col), (idx, row) in values.items():
-                self._net[elm].loc[idx, col] = row
-        return super().step(time, inputs, max_advance)
+                self._write(elm, col, idx, row)
+        # the adapter's inputs (sum of the sources per bus), one write per element column
+        columns: dict = {}
+        for eid, data in inputs.items():
+            model, idx = self.get_model_and_idx(eid)
+            spec = MODEL_TO_ELEMENT_SPECS[model]
+            for attr, values in data.items():
+                a = spec.input_attr_specs[attr]
+                rows = columns.setdefault((a.target_elem or spec.elem, a.column), ([], []))
+                rows[0].append(a.idx_fn(idx, self))
+                rows[1].append(a.aggregator(values.values()))
+        for (elm, col), (idx, vals) in columns.items():
+            self._write(elm, col, np.asarray(idx), np.asarray(vals, dtype=float))
+        self.run_power_flow()
+        if self._step_size:
+            return time + self._step_size
+        return None
+
+    def run_power_flow(self) -> None:
+        """pandapower's power flow, recycling its set-up from the step before (see the module doc)."""
+        numba = pp.NUMBA_INSTALLED
+        if not self.recycle:
+            pp.runpp(self._net, numba=numba)
+            return
+        try:
+            pp.runpp(self._net, numba=numba, recycle=RECYCLE)
+        except pp.LoadflowNotConverged:
+            if self._net["_ppc"] is None:
+                raise
+            self._net["_ppc"] = None  # warm start or stale set-up: once more from scratch
+            pp.runpp(self._net, numba=numba, recycle=RECYCLE)
+
+    def _write(self, elm: str, col: str, idx, values) -> None:
+        """Set `col` of the rows `idx` of the element table `elm` to `values` (one pandas write)."""
+        table = self._net[elm]
+        key = (elm, tuple(np.ravel(idx).tolist()))
+        pos = self._positions.get(key)
+        if pos is None:
+            pos = table.index.get_indexer(np.ravel(idx))
+            if (pos < 0).any():
+                raise KeyError(f"SimbenchGridSim: {elm} has no element(s) {np.ravel(idx)[pos < 0][:5].tolist()}")
+            self._positions[key] = pos
+        column = table[col].to_numpy(dtype=float, copy=True)
+        column[pos] = values
+        table[col] = column
+
+    def disable_elements(self, elements: list[str]) -> None:
+        super().disable_elements(elements)
+        self._net["_ppc"] = None  # the topology changed: the next power flow sets up afresh
+
+    def enable_elements(self, elements: list[str]) -> None:
+        super().enable_elements(elements)
+        self._net["_ppc"] = None
 
     def get_entity_data(self, eid, attrs):
         model, idx = self.get_model_and_idx(eid)

@@ -15,11 +15,15 @@ except ImportError:  # pragma: no cover
 
 
 class Progress:
-    """A tqdm bar over all steps of a scenario's runs (on stderr; off when not asked for), counting steps done."""
+    """A tqdm bar over all steps of a scenario's runs (on stderr; off when not asked for), counting steps done,
+    with the expected end as a clock time (``ends ~14:05``, with the date when it is not today), renewed at most
+    once a second."""
 
     def __init__(self, total: int, enabled: bool, desc: str):
         self.done = 0
+        self.total = int(total)
         self.bar = None
+        self._shown = 0.0
         if enabled:
             self.bar = tqdm(total=total, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True, leave=True)
 
@@ -31,6 +35,12 @@ class Progress:
         self.done += 1
         if self.bar is not None:
             self.bar.update(1)
+            now = time.monotonic()
+            if now - self._shown >= 1.0:
+                self._shown = now
+                end = expected_end(self.bar.format_dict, self.total)
+                if end:
+                    self.bar.set_postfix_str(f"ends ~{end}", refresh=False)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -71,6 +81,19 @@ def quiet_mosaik() -> None:
     logger.remove()
     logger.add(sys.stderr, level="WARNING", format="{level}: {message}",
                filter=lambda record: "numba" not in record["message"])
+
+
+def expected_end(stats: dict, total: int, now: float | None = None) -> str | None:
+    """The clock time (local) at which a tqdm bar with `stats` (its format_dict) reaches `total`, or None while
+    there is no rate yet."""
+    rate = stats.get("rate") or (stats["n"] / stats["elapsed"] if stats.get("elapsed") and stats.get("n") else None)
+    if not rate:
+        return None
+    left_s = max(total - stats["n"], 0) / rate
+    now = time.time() if now is None else now
+    end = time.localtime(now + left_s)
+    same_day = time.strftime("%Y-%m-%d", end) == time.strftime("%Y-%m-%d", time.localtime(now))
+    return time.strftime("%H:%M" if same_day else "%Y-%m-%d %H:%M", end)
 
 
 def elapsed(t0: float) -> float:

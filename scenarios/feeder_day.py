@@ -48,7 +48,7 @@ from evagg.simulators.tables import read_sessions, write_reference, write_sessio
 from . import report
 from .bookkeeping import CtrlC, Progress, elapsed, quiet_mosaik
 from .errors import Interrupted, RunFailed
-from .folder import INPUTS, RESULTS, SUMMARY, TIMING, check_out, make_out, write_json
+from .folder import INPUTS, SUMMARY, TIMING, check_out, make_out, write_json
 from .inputs import build_fleet, check_inputs, derived_seed
 from .options import Options, Policy
 
@@ -125,7 +125,7 @@ def build_world(opts: Options, pol: Policy, out: Path, aggs: list[dict], on_step
     try:
         step, start = opts.step_s, opts.start.replace("T", " ")
         results = world.start("Results", start_date=start, on_step=on_step)
-        table = results.Table(path=str(out / RESULTS))
+        table = results.Table(path=str(out / opts.results_name))
         timing = results.Table(path=str(out / TIMING))
         ref_sim = world.start("Ref", step_size=step, start_date=start)
         fsteps = opts.horizon - 1 if opts.forecast == "perfect" else 0

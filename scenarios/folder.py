@@ -1,7 +1,8 @@
 """The results folder of a run: its files, where it goes, and atomic JSON. A results folder holds:
 
 - ``results.csv``: the tidy results table (time, entity, attribute, value), one row per recorded value and step;
-  MW, MWh, pu, % as in the attribute names (see `evagg.scenarios.feeder_day` for what is recorded);
+  MW, MWh, pu, % as in the attribute names (see `evagg.scenarios.feeder_day` for what is recorded); or the same
+  table as ``results.parquet`` (runs longer than a week by default; ``--results-format``);
 - ``timing.csv``: the aggregators' wall time per step (``solve_time[s]``), kept apart because it differs from run
   to run while everything else is the same, byte for byte, for the same options and seed;
 - ``summary.json``: ``complete`` (false while running and after an interrupted or failed run), the options, the
@@ -23,6 +24,7 @@ from .errors import ScenarioError
 
 SUMMARY = "summary.json"
 RESULTS = "results.csv"
+RESULTS_PARQUET = "results.parquet"  # the same table in Parquet (long runs, or --results-format parquet)
 TIMING = "timing.csv"
 INPUTS = "inputs"
 
@@ -86,6 +88,14 @@ def write_json(path: Path, data: dict) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def results_file(out) -> Path | None:
+    """The results table of the folder `out` (results.csv or results.parquet), or None if it has none."""
+    for name in (RESULTS, RESULTS_PARQUET):
+        if (Path(out) / name).is_file():
+            return Path(out) / name
+    return None
 
 
 def read_json(path: Path) -> dict:

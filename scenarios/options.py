@@ -26,6 +26,7 @@ from evagg.simulators.fleet import Fleet
 from evagg.simulators.tables import InputError, read_sessions
 
 from .errors import ScenarioError
+from .folder import RESULTS, RESULTS_PARQUET
 
 log = logging.getLogger("evagg.scenarios")
 
@@ -37,6 +38,8 @@ DEFAULT_STUDY_START = "2026-01-14T12:00:00"
 DEFAULT_METHOD = "dcls"
 DEFAULT_POLICIES = ("uncontrolled", "edf", "dcls", "dcls+grid", "peak_shaving")
 FORECASTS = ("perfect", "hold")
+RESULTS_FORMATS = ("auto", "csv", "parquet")
+LONG_RUN_DAYS = 7  # results_format auto: runs longer than this write Parquet
 
 
 class Policy(str):
@@ -219,6 +222,10 @@ class Options:
                                           lo=-1e6, hi=1e6, metavar="KW", flag="--peak-target", show_range=False,
                                           default_text="the flat level the day's base load plus the EVs' energy "
                                                        "would fill")
+    results_format: str = option("auto", "choice", f"the results table's format: csv (results.csv), parquet "
+                                 f"(results.parquet, written in row groups as the run goes) or auto (parquet for "
+                                 f"runs longer than {LONG_RUN_DAYS} days)", choices=RESULTS_FORMATS,
+                                 metavar="|".join(RESULTS_FORMATS))
     progress: bool = option(False, "flag", "no progress bar (it is shown on a terminal only)", flag="--no-progress",
                             cli_absent="auto")
     plots: bool = option(True, "flag", "skip the PNG plots (evagg report DIR makes them later)", flag="--no-plots")
@@ -236,6 +243,13 @@ class Options:
     @property
     def until(self) -> int:
         return self.n_steps * self.step_s
+
+    @property
+    def results_name(self) -> str:
+        """The results table's file name in the results folder (see results_format)."""
+        parquet = self.results_format == "parquet" or (self.results_format == "auto"
+                                                        and self.until > LONG_RUN_DAYS * 86400)
+        return RESULTS_PARQUET if parquet else RESULTS
 
     @property
     def start64(self) -> np.datetime64:

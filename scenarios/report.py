@@ -1,6 +1,7 @@
 """Headline figures, plots and tables of a results folder (`evagg report DIR` re-makes them from the folder).
 
-Every figure is computed from the tidy results table (results.csv) alone, so that summary.json cannot drift from
+Every figure is computed from the tidy results table (results.csv or results.parquet) alone, read in chunks of
+whole steps (bounded memory, a year as a day: `scan`), so that summary.json cannot drift from
 it; the wall-clock figures come from timing.csv and the run's record and are kept under ``timing``.
 
 Figures (``figures`` in summary.json):
@@ -32,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evagg.simulators.collector import read_table
+from evagg.simulators.collector import iter_table, read_table
 
 from .errors import ScenarioError
-from .folder import RESULTS, SUMMARY, TIMING, read_json, write_json
+from .folder import RESULTS, RESULTS_PARQUET, SUMMARY, TIMING, read_json, results_file, write_json
 
-__all__ = ["figures", "summarize", "plot_run", "plot_policies", "table_text", "comparison_frame", "finish",
+__all__ = ["figures", "scan", "Scan", "summarize", "plot_run", "plot_policies", "table_text", "comparison_frame", "finish",
            "with_penalties", "remake", "FIGURES", "wide"]
 
 # key, label, format
@@ -64,6 +65,8 @@ FIGURES = (
 )
 
 _KIND = re.compile(r"\.([A-Za-z0-9]+)-")
+CHUNK_ROWS = 500_000  # rows read at a time: a year's table is never read into one frame
+DAILY_AFTER_DAYS = 3  # plots of a longer run show days (daily envelopes, the worst day, a heat map)
 
 
 def kind_of(entity: str) -> str:
@@ -72,12 +75,23 @@ def kind_of(entity: str) -> str:
     return m.group(1) if m else ""
 
 
+def _results_path(out) -> Path:
+    path = results_file(out)
+    if path is None:
+        raise ScenarioError(f"{out}: no {RESULTS} or {RESULTS_PARQUET} (not a results folder, or the run never "
+                            "started)")
+    return path
+
+
 def read_results(out) -> pd.DataFrame:
-    path = Path(out) / RESULTS
-    if not path.is_file():
-        raise ScenarioError(f"{out}: no {RESULTS} (not a results folder, or the run never started)")
-    table = read_table(path)
-    table["kind"] = table["entity"].map(kind_of)
+    """The whole results table of a folder (CSV or Parquet) with a `kind` column: for short runs and tests; the
+    figures and plots read it in chunks (`scan`)."""
+    return _with_kind(read_table(_results_path(out)))
+
+
+def _with_kind(table: pd.DataFrame) -> pd.DataFrame:
+    kinds = {e: kind_of(e) for e in pd.unique(table["entity"])}
+    table["kind"] = table["entity"].map(kinds)
     return table
 
 
@@ -108,56 +122,189 @@ def _agg_label(entity: str) -> str:
     return f"aggregator {sid}" if eid == "Aggregator-0" else f"aggregator {entity}"
 
 
+class Scan:
+    """The headline figures (see the module doc) and the per-step series the plots need, accumulated over a
+    results table given in frames of whole steps, in time order (`add`): one frame or many give the same figures
+    (extremes keep their first occurrence, sums are exact (math.fsum), last values are per entity)."""
+
+    def __init__(self, step_s: float, v_band=(0.95, 1.05)):
+        self.dt_h = float(step_s) / 3600.0
+        self.v_band = tuple(v_band)
+        self.steps = 0
+        self.extreme: dict = {}  # name -> (value, entity, time)
+        self.counts = {"voltage_violations": 0, "line_overload_steps": 0, "trafo_overload_steps": 0,
+                       "limited_steps": 0, "loop_capped_steps": 0}
+        self.violating: set = set()
+        self.aggregators: set = set()
+        self.sums = {"ev_energy": [], "err2": []}
+        self.tracked = 0
+        self.last: dict = {"shortfall[MWh]": {}, "need_unmet[MWh]": {}}
+        self.seen = {"Aggregator": False, "shortfall[MWh]": False, "need_unmet[MWh]": False, "limited": False,
+                     "capped": False}
+        self.loops: list = []
+        self.parts: list = []
+
+    def _extreme(self, name: str, found: tuple, larger: bool) -> None:
+        if found[0] is None:
+            return
+        cur = self.extreme.get(name)
+        if cur is None or (found[0] > cur[0] if larger else found[0] < cur[0]):
+            self.extreme[name] = found
+
+    def add(self, table: pd.DataFrame) -> None:
+        """One frame of whole steps (time, entity, attribute, value; `kind` is added if missing)."""
+        if "kind" not in table:
+            table = _with_kind(table)
+        self.steps += int(table["time"].nunique())
+        steps = pd.Index(sorted(pd.unique(table["time"])), name="time")
+        part = pd.DataFrame(index=steps)
+        vm = wide(table, "Bus", "Vm[pu]")
+        self._extreme("v_min", _where(vm, np.nanargmin), larger=False)
+        self._extreme("v_max", _where(vm, np.nanargmax), larger=True)
+        lo, hi = self.v_band
+        outside = (vm < lo) | (vm > hi)
+        self.counts["voltage_violations"] += int(outside.to_numpy().sum())
+        self.violating.update(outside.columns[outside.any(axis=0).to_numpy()])
+        if len(vm.columns):
+            part["vm_min"], part["vm_med"], part["vm_max"] = vm.min(axis=1), vm.median(axis=1), vm.max(axis=1)
+        lines, trafos = wide(table, "Line", "loading[%]"), wide(table, "Transformer", "loading[%]")
+        self._extreme("line", _where(lines, np.nanargmax), larger=True)
+        self._extreme("trafo", _where(trafos, np.nanargmax), larger=True)
+        self.counts["line_overload_steps"] += int((lines > 100.0).any(axis=1).sum())
+        self.counts["trafo_overload_steps"] += int((trafos > 100.0).any(axis=1).sum())
+        if len(lines.columns):
+            part["line_med"], part["line_max"] = lines.median(axis=1), lines.max(axis=1)
+        if len(trafos.columns):
+            part["trafo_max"] = trafos.max(axis=1)
+            for col in trafos.columns:
+                part[f"trafo|{col}"] = trafos[col]
+        ext = wide(table, "ExternalGrid", "P[MW]").sum(axis=1, min_count=1)
+        if len(ext) and ext.notna().any():
+            t = ext.idxmax()
+            self._extreme("ext", (float(ext[t]), None, str(t)), larger=True)
+        p = wide(table, "Aggregator", "P[MW]")
+        self.aggregators.update(p.columns)
+        if len(p.columns):
+            self.seen["Aggregator"] = True
+            p_kw = p.sum(axis=1) * 1000.0
+            self._extreme("ev_peak", (float(p_kw.max()), None, None), larger=True)
+            self._extreme("ev_min", (float(p_kw.min()), None, None), larger=False)
+            self.sums["ev_energy"].extend(p_kw.to_numpy().tolist())
+            ref = wide(table, "Aggregator", "P_ref[MW]").reindex(index=p.index, columns=p.columns)
+            tracked = ref.notna().all(axis=1) & (len(ref.columns) > 0)
+            err = (p_kw - ref.sum(axis=1) * 1000.0)[tracked]
+            self.sums["err2"].extend((err.to_numpy() ** 2).tolist())
+            self.tracked += int(tracked.sum())
+            part["ev_kw"] = p_kw
+            part["ref_kw"] = ref.sum(axis=1, min_count=1) * 1000.0
+            for col in p.columns:
+                part[f"p_kw|{col}"] = p[col] * 1000.0
+            energy = wide(table, "Aggregator", "energy[MWh]") * 1000.0
+            for col in energy.columns:
+                part[f"energy_kwh|{col}"] = energy[col]
+            for q in ("min", "p10", "p50", "p90", "max"):
+                soc = wide(table, "Aggregator", f"soc_{q}[%]")
+                for col in soc.columns:
+                    part[f"soc_{q}|{col}"] = soc[col]
+        for attr, last in self.last.items():
+            frame = wide(table, "Aggregator", attr)
+            if len(frame):
+                self.seen[attr] = True
+                final = frame.ffill().iloc[-1]
+                last.update({k: float(v) for k, v in final.items() if not np.isnan(v)})
+                for k in final.index:
+                    last.setdefault(k, np.nan)
+        limited = wide(table, "Aggregator", "limited")
+        if len(limited):
+            self.seen["limited"] = True
+            self.counts["limited_steps"] += int((limited > 0).any(axis=1).sum())
+        self.loops.extend(wide(table, "Operator", "iterations").max(axis=1).to_numpy().tolist())
+        capped = wide(table, "Operator", "capped")
+        if len(capped):  # the operator reports `capped` in the iterative coupling only
+            self.seen["capped"] = True
+            self.counts["loop_capped_steps"] += int((capped > 0).any(axis=1).sum())
+        self.parts.append(part)
+
+    def figures(self) -> dict:
+        """The headline figures of what was added. Values are rounded for reading."""
+        x = self.extreme
+        none = (None, None, None)
+        v_min, bus_min, t_min = x.get("v_min", none)
+        v_max, bus_max, t_max = x.get("v_max", none)
+        line_max, line, t_line = x.get("line", none)
+        trafo_max, trafo, t_trafo = x.get("trafo", none)
+        lo, hi = self.v_band
+        f: dict = {"steps": self.steps}
+        f.update(
+            v_min_pu=_r(v_min, 6), v_min_at=[bus_min, t_min], v_max_pu=_r(v_max, 6), v_max_at=[bus_max, t_max],
+            v_band_pu=[lo, hi], voltage_violations=self.counts["voltage_violations"],
+            buses_violating=len(self.violating),
+        )
+        f.update(line_overload_steps=self.counts["line_overload_steps"],
+                 trafo_overload_steps=self.counts["trafo_overload_steps"])
+        f.update(line_loading_max_pct=_r(line_max, 4), line_loading_max_at=[line, t_line],
+                 trafo_loading_max_pct=_r(trafo_max, 4), trafo_loading_max_at=[trafo, t_trafo],
+                 feeder_import_max_mw=_r(x.get("ext", none)[0], 6))
+        n_err = len(self.sums["err2"])
+
+        def final(attr):
+            if not self.seen[attr]:
+                return 0.0
+            values = pd.Series(self.last[attr], dtype=float).sort_index()
+            return float(values.sum() * 1000.0)
+
+        f.update(
+            aggregators=len(self.aggregators),
+            ev_peak_kw=_r(x.get("ev_peak", none)[0], 3),
+            ev_min_kw=_r(x.get("ev_min", none)[0], 3),
+            ev_energy_kwh=_r(math.fsum(self.sums["ev_energy"]) * self.dt_h, 3),
+            tracking_rmse_kw=_r(math.sqrt(math.fsum(self.sums["err2"]) / n_err) if n_err else None, 4),
+            tracked_steps=self.tracked,
+            energy_shortfall_kwh=_r(final("shortfall[MWh]"), 4),
+        )
+        f.update(need_unmet_kwh=_r(final("need_unmet[MWh]"), 4),
+                 limited_steps=self.counts["limited_steps"] if self.seen["limited"] else 0)
+        iterative = self.seen["capped"]
+        loops = np.asarray(self.loops, dtype=float)
+        f.update(loop_iterations_max=int(np.nanmax(loops)) if iterative else None,
+                 loop_iterations_median=float(np.nanmedian(loops)) if iterative else None,
+                 loop_capped_steps=self.counts["loop_capped_steps"] if iterative else None)
+        return f
+
+    def series(self) -> pd.DataFrame:
+        """Per step (index: time as written): ev_kw, ref_kw, vm_min/med/max, line_med/max, trafo_max, and per
+        entity p_kw|E, energy_kwh|E, soc_<q>|E, trafo|E (kW, kWh, pu, %)."""
+        if not self.parts:
+            return pd.DataFrame()
+        frame = pd.concat(self.parts, axis=0, sort=False)
+        fixed = [c for c in _SERIES if c in frame]  # one order whatever the frames held
+        return frame[fixed + sorted(c for c in frame.columns if c not in _SERIES)]
+
+
+_SERIES = ("ev_kw", "ref_kw", "vm_min", "vm_med", "vm_max", "line_med", "line_max", "trafo_max")
+_SCANS: dict = {}  # the last scan of each table (path, size, mtime): summarize and the plots read a year once
+
+
+def scan(out, step_s: float, v_band=(0.95, 1.05), rows: int = CHUNK_ROWS) -> Scan:
+    """The results table of the folder `out` read in frames of about `rows` rows (bounded memory)."""
+    path = _results_path(out)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, float(step_s), tuple(v_band), int(rows))
+    if key in _SCANS:
+        return _SCANS[key]
+    acc = Scan(step_s, v_band)
+    for chunk in iter_table(path, rows=rows):
+        acc.add(chunk)
+    _SCANS.clear()
+    _SCANS[key] = acc
+    return acc
+
+
 def figures(table: pd.DataFrame, step_s: float, v_band=(0.95, 1.05)) -> dict:
-    """The headline figures of a results table (see the module doc). Values are rounded for reading."""
-    dt_h = float(step_s) / 3600.0
-    times = sorted(table["time"].unique())
-    f: dict = {"steps": len(times)}
-    vm = wide(table, "Bus", "Vm[pu]")
-    v_min, bus_min, t_min = _where(vm, np.nanargmin)
-    v_max, bus_max, t_max = _where(vm, np.nanargmax)
-    lo, hi = v_band
-    outside = (vm < lo) | (vm > hi)
-    f.update(
-        v_min_pu=_r(v_min, 6), v_min_at=[bus_min, t_min], v_max_pu=_r(v_max, 6), v_max_at=[bus_max, t_max],
-        v_band_pu=[lo, hi], voltage_violations=int(outside.to_numpy().sum()),
-        buses_violating=int(outside.any(axis=0).sum()),
-    )
-    lines, trafos = wide(table, "Line", "loading[%]"), wide(table, "Transformer", "loading[%]")
-    line_max, line, t_line = _where(lines, np.nanargmax)
-    trafo_max, trafo, t_trafo = _where(trafos, np.nanargmax)
-    f.update(line_overload_steps=int((lines > 100.0).any(axis=1).sum()),
-             trafo_overload_steps=int((trafos > 100.0).any(axis=1).sum()))
-    ext = wide(table, "ExternalGrid", "P[MW]").sum(axis=1, min_count=1)
-    f.update(line_loading_max_pct=_r(line_max, 4), line_loading_max_at=[line, t_line],
-             trafo_loading_max_pct=_r(trafo_max, 4), trafo_loading_max_at=[trafo, t_trafo],
-             feeder_import_max_mw=_r(float(ext.max()) if len(ext) else None, 6))
-    p = wide(table, "Aggregator", "P[MW]")
-    p_kw = p.sum(axis=1) * 1000.0
-    ref = wide(table, "Aggregator", "P_ref[MW]").reindex(index=p.index, columns=p.columns)
-    tracked = ref.notna().all(axis=1) & (len(ref.columns) > 0)
-    err = (p_kw - ref.sum(axis=1) * 1000.0)[tracked]
-    shortfall = wide(table, "Aggregator", "shortfall[MWh]")
-    f.update(
-        aggregators=int(p.shape[1]),
-        ev_peak_kw=_r(float(p_kw.max()) if len(p_kw) else None, 3),
-        ev_min_kw=_r(float(p_kw.min()) if len(p_kw) else None, 3),
-        ev_energy_kwh=_r(float(p_kw.sum() * dt_h), 3),
-        tracking_rmse_kw=_r(float(np.sqrt(np.mean(err.to_numpy() ** 2))) if len(err) else None, 4),
-        tracked_steps=int(tracked.sum()),
-        energy_shortfall_kwh=_r(float(shortfall.ffill().iloc[-1].sum() * 1000.0) if len(shortfall) else 0.0, 4),
-    )
-    unmet = wide(table, "Aggregator", "need_unmet[MWh]")
-    limited = wide(table, "Aggregator", "limited")
-    f.update(need_unmet_kwh=_r(float(unmet.ffill().iloc[-1].sum() * 1000.0) if len(unmet) else 0.0, 4),
-             limited_steps=int((limited > 0).any(axis=1).sum()) if len(limited) else 0)
-    loops = wide(table, "Operator", "iterations").max(axis=1)
-    capped = wide(table, "Operator", "capped")
-    iterative = len(capped) > 0  # the operator reports `capped` in the iterative coupling only
-    f.update(loop_iterations_max=int(loops.max()) if iterative else None,
-             loop_iterations_median=float(loops.median()) if iterative else None,
-             loop_capped_steps=int((capped > 0).any(axis=1).sum()) if iterative else None)
-    return f
+    """The headline figures of a results table held in memory (see the module doc; `scan` reads a folder's)."""
+    acc = Scan(step_s, v_band)
+    acc.add(table if "kind" in table else _with_kind(table.copy()))
+    return acc.figures()
 
 
 def _r(value, digits):
@@ -183,8 +330,7 @@ def summarize(out, base: dict, record: dict | None = None) -> dict:
     out = Path(out)
     opts = base["options"]
     summary = dict(base)
-    table = read_results(out)
-    summary["figures"] = figures(table, opts["step_s"], tuple(opts.get("v_band", (0.95, 1.05))))
+    summary["figures"] = scan(out, opts["step_s"], tuple(opts.get("v_band", (0.95, 1.05)))).figures()
     tm = dict(summary.get("timing") or {})
     tm.update(timing(out))
     if record is not None:
@@ -280,6 +426,7 @@ def with_penalties(runs: dict) -> dict:
 # ----------------------------------------------------------------------------------------------- plots
 
 PLOTS = ("power.png", "energy.png", "voltage.png", "loading.png")
+DAY_PLOTS = ("worst_day.png", "loading_heatmap.png")  # besides PLOTS, for a run longer than DAILY_AFTER_DAYS
 
 
 def _pyplot():
@@ -332,96 +479,250 @@ def _title(summary: dict) -> str:
             f"{o['step_min']:g}-min steps")
 
 
-def plot_run(out, summary: dict, table: pd.DataFrame | None = None) -> list[Path]:
-    """power.png, energy.png, voltage.png, loading.png of one run."""
+def _cols(series: pd.DataFrame, prefix: str) -> dict:
+    """{entity: column} of the per-entity series `prefix|entity`, entities sorted."""
+    cut = len(prefix) + 1
+    return {c[cut:]: c for c in sorted(series.columns) if c.startswith(prefix + "|")}
+
+
+def _series_of(out, summary: dict, series: pd.DataFrame | None) -> pd.DataFrame:
+    if series is not None:
+        return series
+    o = summary["options"]
+    return scan(out, o["step_s"], tuple(o.get("v_band", (0.95, 1.05)))).series()
+
+
+def _span_days(times: np.ndarray) -> float:
+    return float((times[-1] - times[0]) / np.timedelta64(1, "D")) if len(times) > 1 else 0.0
+
+
+def plot_run(out, summary: dict, series: pd.DataFrame | None = None) -> list[Path]:
+    """power.png, energy.png, voltage.png, loading.png of one run (from the per-step series of `scan`); a run of
+    more than DAILY_AFTER_DAYS days gets them as daily envelopes, plus worst_day.png and loading_heatmap.png."""
     out = Path(out)
+    series = _series_of(out, summary, series)
+    if series.empty:
+        return []
+    times = _times(series.index)
+    if _span_days(times) > DAILY_AFTER_DAYS:
+        return _plot_days(out, summary, series)
     plt = _pyplot()
-    table = read_results(out) if table is None else table
     title = _title(summary)
     written = []
+    t = times
 
-    p = wide(table, "Aggregator", "P[MW]") * 1000.0
-    t = _times(p.index)
     fig, ax = plt.subplots(figsize=(8, 4))
-    ref = wide(table, "Aggregator", "P_ref[MW]").reindex(index=p.index, columns=p.columns) * 1000.0
-    ax.step(t, p.sum(axis=1), where="post", color="C0", lw=1.8, label="EVs, all aggregators")
-    if ref.notna().any().any():
-        ax.step(t, ref.sum(axis=1, min_count=1), where="post", color="k", lw=1.0, ls="--", label="reference")
-    if p.shape[1] > 1:
-        for j, col in enumerate(p.columns):
-            ax.step(t, p[col], where="post", lw=0.7, alpha=0.6, color=f"C{j + 1}", label=_agg_label(col))
+    aggs = _cols(series, "p_kw")
+    if "ev_kw" in series:
+        ax.step(t, series["ev_kw"], where="post", color="C0", lw=1.8, label="EVs, all aggregators")
+        if series["ref_kw"].notna().any():
+            ax.step(t, series["ref_kw"], where="post", color="k", lw=1.0, ls="--", label="reference")
+    if len(aggs) > 1:
+        for j, (name, col) in enumerate(aggs.items()):
+            ax.step(t, series[col], where="post", lw=0.7, alpha=0.6, color=f"C{j + 1}", label=_agg_label(name))
     ax.axhline(0, color="0.5", lw=0.5)
     ax.set_ylabel("power [kW] (+ = drawn from the grid)")
     ax.set_title(f"Aggregate EV power vs reference: {title}")
     written.append(_finish(fig, ax, t, out / "power.png"))
 
-    energy = wide(table, "Aggregator", "energy[MWh]") * 1000.0
-    soc = {q: wide(table, "Aggregator", f"soc_{q}[%]") for q in ("min", "p10", "p50", "p90", "max")}
-    has_soc = all(len(v.columns) for v in soc.values())
+    energy = _cols(series, "energy_kwh")
+    soc = {q: _cols(series, f"soc_{q}") for q in ("min", "p10", "p50", "p90", "max")}
+    has_soc = all(len(v) for v in soc.values())
     fig, axes = plt.subplots(2 if has_soc else 1, 1, figsize=(8, 6 if has_soc else 3.5), sharex=True, squeeze=False)
     ax = axes[0, 0]
-    te = _times(energy.index)
-    ax.plot(te, energy.sum(axis=1), color="C0", lw=1.8, label="all aggregators")
-    if energy.shape[1] > 1:
-        for j, col in enumerate(energy.columns):
-            ax.plot(te, energy[col], lw=0.8, color=f"C{j + 1}", label=_agg_label(col))
+    if energy:
+        ax.plot(t, series[list(energy.values())].sum(axis=1, min_count=1), color="C0", lw=1.8,
+                label="all aggregators")
+    if len(energy) > 1:
+        for j, (name, col) in enumerate(energy.items()):
+            ax.plot(t, series[col], lw=0.8, color=f"C{j + 1}", label=_agg_label(name))
     ax.set_ylabel("energy in plugged EVs [kWh]")
     ax.set_title(f"Fleet energy: {title}")
-    ax.legend(loc="best", fontsize=8)
+    if energy:
+        ax.legend(loc="best", fontsize=8)
     if has_soc:
         ax = axes[1, 0]
-        for j, col in enumerate(soc["p50"].columns):
-            idx = soc["p50"].index
-            ts = _times(idx)
-            ax.fill_between(ts, soc["min"][col].reindex(idx), soc["max"][col].reindex(idx), color=f"C{j + 1}",
-                            alpha=0.12, lw=0)
-            ax.fill_between(ts, soc["p10"][col].reindex(idx), soc["p90"][col].reindex(idx), color=f"C{j + 1}",
-                            alpha=0.3, lw=0, label=f"{_agg_label(col)}: 10-90 % of EVs (light: min-max)")
-            ax.plot(ts, soc["p50"][col], color=f"C{j + 1}", lw=1.2, label=f"{_agg_label(col)}: median EV")
+        for j, name in enumerate(soc["p50"]):
+            lo_, hi_ = series[soc["min"][name]], series[soc["max"][name]]
+            ax.fill_between(t, lo_, hi_, color=f"C{j + 1}", alpha=0.12, lw=0)
+            ax.fill_between(t, series[soc["p10"][name]], series[soc["p90"][name]], color=f"C{j + 1}", alpha=0.3,
+                            lw=0, label=f"{_agg_label(name)}: 10-90 % of EVs (light: min-max)")
+            ax.plot(t, series[soc["p50"][name]], color=f"C{j + 1}", lw=1.2, label=f"{_agg_label(name)}: median EV")
         ax.set_ylabel("state of charge of plugged EVs [%]")
         ax.set_ylim(0, 100)
         ax.legend(loc="best", fontsize=7)
     else:
         ax.text(0.01, 0.02, "no state-of-charge spread recorded (aggregators in their own processes)",
                 transform=ax.transAxes, fontsize=7, color="0.4")
-    _time_axis(axes[-1, 0], te)
+    _time_axis(axes[-1, 0], t)
     fig.tight_layout()
     _save(fig, out / "energy.png")
     written.append(out / "energy.png")
 
-    vm = wide(table, "Bus", "Vm[pu]")
-    tv = _times(vm.index)
     lo, hi = summary["options"].get("v_band", (0.95, 1.05))
     fig, ax = plt.subplots(figsize=(8, 4))
-    ax.fill_between(tv, vm.min(axis=1), vm.max(axis=1), color="C0", alpha=0.3, lw=0, label="all buses: min-max")
-    ax.plot(tv, vm.median(axis=1), color="C0", lw=1.0, label="median bus")
-    ax.plot(tv, vm.min(axis=1), color="C3", lw=1.0, label="lowest bus")
+    if "vm_min" in series:
+        ax.fill_between(t, series["vm_min"], series["vm_max"], color="C0", alpha=0.3, lw=0,
+                        label="all buses: min-max")
+        ax.plot(t, series["vm_med"], color="C0", lw=1.0, label="median bus")
+        ax.plot(t, series["vm_min"], color="C3", lw=1.0, label="lowest bus")
     for v in (lo, hi):
         ax.axhline(v, color="k", ls="--", lw=0.8)
     ax.set_ylabel("voltage [pu]")
     ax.set_title(f"Bus voltages ({lo:g}-{hi:g} pu band dashed): {title}")
-    written.append(_finish(fig, ax, tv, out / "voltage.png"))
+    written.append(_finish(fig, ax, t, out / "voltage.png"))
 
-    lines = wide(table, "Line", "loading[%]")
-    trafo = wide(table, "Transformer", "loading[%]")
     fig, ax = plt.subplots(figsize=(8, 4))
-    if len(lines.columns):
-        tl = _times(lines.index)
-        ax.fill_between(tl, lines.median(axis=1), lines.max(axis=1), color="C1", alpha=0.25, lw=0,
+    if "line_max" in series:
+        ax.fill_between(t, series["line_med"], series["line_max"], color="C1", alpha=0.25, lw=0,
                         label="lines: median-max")
-        ax.plot(tl, lines.max(axis=1), color="C1", lw=1.2, label="most loaded line")
-    for j, col in enumerate(trafo.columns):
-        ax.plot(_times(trafo.index), trafo[col], color=f"C{(j + 4) % 10}", lw=1.6, label=_short(col))
+        ax.plot(t, series["line_max"], color="C1", lw=1.2, label="most loaded line")
+    for j, (name, col) in enumerate(_cols(series, "trafo").items()):
+        ax.plot(t, series[col], color=f"C{(j + 4) % 10}", lw=1.6, label=_short(name))
     ax.axhline(100, color="k", ls="--", lw=0.8)
     ax.set_ylabel("loading [%]")
     ax.set_title(f"Line and transformer loading: {title}")
-    written.append(_finish(fig, ax, _times(lines.index if len(lines.columns) else trafo.index),
-                           out / "loading.png"))
+    written.append(_finish(fig, ax, t, out / "loading.png"))
     return written
 
 
-def plot_policies(out, runs: dict, tables: dict | None = None) -> Path:
-    """policies.png: the policies side by side (EV power, lowest voltage, most loaded line, transformer)."""
+def _daily(series: pd.Series, times: np.ndarray) -> pd.DataFrame:
+    """Daily min, mean and max of a per-step series (index: the days)."""
+    s = pd.Series(series.to_numpy(dtype=float), index=pd.DatetimeIndex(times))
+    return s.resample("D").agg(["min", "mean", "max"]).dropna(how="all")
+
+
+def _envelope(ax, daily: pd.DataFrame, color: str, label: str, mean: bool = True) -> None:
+    days = daily.index.to_numpy()
+    ax.fill_between(days, daily["min"], daily["max"], color=color, alpha=0.25, lw=0, label=f"{label}: daily min-max")
+    if mean:
+        ax.plot(days, daily["mean"], color=color, lw=1.0, label=f"{label}: daily mean")
+
+
+def _worst_day(series: pd.DataFrame, times: np.ndarray):
+    """The day of the highest transformer loading (else line loading, else the lowest voltage)."""
+    idx = pd.DatetimeIndex(times)
+    for col, larger in (("trafo_max", True), ("line_max", True), ("vm_min", False)):
+        if col in series and series[col].notna().any():
+            values = series[col].to_numpy(dtype=float)
+            k = int(np.nanargmax(values) if larger else np.nanargmin(values))
+            return idx[k].normalize(), col
+    return idx[0].normalize(), None
+
+
+def _plot_days(out: Path, summary: dict, series: pd.DataFrame) -> list[Path]:
+    """The plots of a long run: daily envelopes (power, energy, voltage, loading), the worst day in steps and a
+    heat map of the transformer loading by day and hour."""
+    plt = _pyplot()
+    title = _title(summary)
+    times = _times(series.index)
+    lo, hi = summary["options"].get("v_band", (0.95, 1.05))
+    written = []
+
+    def save(fig, ax, name, ylabel, head, days=None):
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{head}: {title}")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=8)
+        _time_axis(ax, days if days is not None else times)
+        fig.tight_layout()
+        _save(fig, out / name)
+        written.append(out / name)
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    if "ev_kw" in series:
+        _envelope(ax, _daily(series["ev_kw"], times), "C0", "EVs")
+        if series["ref_kw"].notna().any():
+            ref = _daily(series["ref_kw"], times)
+            ax.plot(ref.index.to_numpy(), ref["mean"], color="k", lw=0.8, ls="--", label="reference: daily mean")
+    ax.axhline(0, color="0.5", lw=0.5)
+    save(fig, ax, "power.png", "power [kW] (+ = drawn from the grid)", "Aggregate EV power by day")
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    energy = _cols(series, "energy_kwh")
+    if energy:
+        _envelope(ax, _daily(series[list(energy.values())].sum(axis=1, min_count=1), times), "C0",
+                  "energy in plugged EVs")
+    save(fig, ax, "energy.png", "energy in plugged EVs [kWh]", "Fleet energy by day")
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    if "vm_min" in series:
+        low, high = _daily(series["vm_min"], times), _daily(series["vm_max"], times)
+        days = low.index.to_numpy()
+        ax.fill_between(days, low["min"], high["max"], color="C0", alpha=0.25, lw=0, label="all buses: daily min-max")
+        ax.plot(days, low["min"], color="C3", lw=1.0, label="lowest bus: daily min")
+    for v in (lo, hi):
+        ax.axhline(v, color="k", ls="--", lw=0.8)
+    save(fig, ax, "voltage.png", "voltage [pu]", f"Bus voltages by day ({lo:g}-{hi:g} pu band dashed)")
+
+    fig, ax = plt.subplots(figsize=(10, 4))
+    if "line_max" in series:
+        _envelope(ax, _daily(series["line_max"], times), "C1", "most loaded line")
+    if "trafo_max" in series:
+        tr = _daily(series["trafo_max"], times)
+        ax.plot(tr.index.to_numpy(), tr["max"], color="C4", lw=1.4, label="most loaded transformer: daily max")
+    ax.axhline(100, color="k", ls="--", lw=0.8)
+    save(fig, ax, "loading.png", "loading [%]", "Line and transformer loading by day")
+
+    day, by = _worst_day(series, times)
+    on_day = (times >= day.to_datetime64()) & (times < (day + pd.Timedelta(days=1)).to_datetime64())
+    sub, ts = series[on_day], times[on_day]
+    fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    if "ev_kw" in sub:
+        axes[0].step(ts, sub["ev_kw"], where="post", color="C0", lw=1.5, label="EVs")
+        if sub["ref_kw"].notna().any():
+            axes[0].step(ts, sub["ref_kw"], where="post", color="k", lw=0.8, ls="--", label="reference")
+    axes[0].set_ylabel("EV power [kW]")
+    if "vm_min" in sub:
+        axes[1].plot(ts, sub["vm_min"], color="C3", lw=1.2, label="lowest bus")
+    axes[1].axhline(lo, color="k", ls="--", lw=0.8)
+    axes[1].set_ylabel("voltage [pu]")
+    if "line_max" in sub:
+        axes[2].plot(ts, sub["line_max"], color="C1", lw=1.2, label="most loaded line")
+    if "trafo_max" in sub:
+        axes[2].plot(ts, sub["trafo_max"], color="C4", lw=1.4, label="most loaded transformer")
+    axes[2].axhline(100, color="k", ls="--", lw=0.8)
+    axes[2].set_ylabel("loading [%]")
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=8)
+    if len(ts):
+        _time_axis(axes[2], ts)
+    what = {"trafo_max": "the highest transformer loading", "line_max": "the highest line loading",
+            "vm_min": "the lowest voltage"}.get(by, "the first day")
+    fig.suptitle(f"The worst day, {day:%Y-%m-%d} ({what}): {title}")
+    fig.tight_layout()
+    _save(fig, out / "worst_day.png")
+    written.append(out / "worst_day.png")
+
+    col = "trafo_max" if "trafo_max" in series else ("line_max" if "line_max" in series else None)
+    fig, ax = plt.subplots(figsize=(10, 4))
+    if col is not None:
+        idx = pd.DatetimeIndex(times)
+        grid = (pd.DataFrame({"day": idx.normalize(), "hour": idx.hour, "v": series[col].to_numpy(dtype=float)})
+                .pivot_table(index="hour", columns="day", values="v", aggfunc="max")
+                .reindex(index=range(24)))
+        import matplotlib.dates as mdates
+
+        days = mdates.date2num(grid.columns.to_pydatetime())
+        extent = (days[0], days[-1] + 1, 0, 24)
+        im = ax.imshow(grid.to_numpy(), aspect="auto", origin="lower", extent=extent, cmap="magma_r",
+                       interpolation="nearest")
+        fig.colorbar(im, ax=ax, label=f"{'transformer' if col == 'trafo_max' else 'line'} loading, hourly max [%]")
+        ax.xaxis_date()
+        ax.set_yticks(range(0, 25, 6))
+        ax.grid(False)
+    ax.set_ylabel("hour of the day")
+    ax.set_title(f"Loading by day and hour: {title}")
+    fig.tight_layout()
+    _save(fig, out / "loading_heatmap.png")
+    written.append(out / "loading_heatmap.png")
+    return written
+
+
+def plot_policies(out, runs: dict, series: dict | None = None) -> Path:
+    """policies.png: the policies side by side (EV power, lowest voltage, most loaded line, transformer); a run
+    of more than DAILY_AFTER_DAYS days as daily means (power) and daily extremes (voltage, loading)."""
     out = Path(out)
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), sharex=True)
@@ -429,32 +730,42 @@ def plot_policies(out, runs: dict, tables: dict | None = None) -> Path:
     lo, hi = first["options"].get("v_band", (0.95, 1.05))
     t = None
     for j, (name, summary) in enumerate(runs.items()):
-        table = read_results(out / name) if tables is None else tables[name]
-        p = wide(table, "Aggregator", "P[MW]").sum(axis=1) * 1000.0
-        t = _times(p.index)
+        sr = _series_of(out / name, summary, None if series is None else series[name])
+        if sr.empty:
+            continue
+        t = _times(sr.index)
+        daily = _span_days(t) > DAILY_AFTER_DAYS
+
+        def show(ax, col, how, **kw):
+            if col not in sr or not sr[col].notna().any():
+                return
+            if daily:
+                d = _daily(sr[col], t)
+                ax.plot(d.index.to_numpy(), d[how], **kw)
+            elif "ls" in kw or col == "ev_kw":
+                ax.step(t, sr[col], where="post", **kw)
+            else:
+                ax.plot(t, sr[col], **kw)
+
         color = f"C{j}"
-        axes[0, 0].step(t, p, where="post", color=color, lw=1.3, label=name)
+        show(axes[0, 0], "ev_kw", "mean", color=color, lw=1.3, label=name)
         if j == 0:
-            ref = wide(table, "Aggregator", "P_ref[MW]").sum(axis=1, min_count=1) * 1000.0
-            if ref.notna().any():
-                axes[0, 0].step(_times(ref.index), ref, where="post", color="k", lw=0.8, ls="--", label="reference")
-        vm = wide(table, "Bus", "Vm[pu]")
-        axes[0, 1].plot(_times(vm.index), vm.min(axis=1), color=color, lw=1.3, label=name)
-        lines = wide(table, "Line", "loading[%]")
-        if len(lines.columns):
-            axes[1, 0].plot(_times(lines.index), lines.max(axis=1), color=color, lw=1.3, label=name)
-        trafo = wide(table, "Transformer", "loading[%]")
-        if len(trafo.columns):
-            axes[1, 1].plot(_times(trafo.index), trafo.max(axis=1), color=color, lw=1.3, label=name)
-    axes[0, 0].set_ylabel("aggregate EV power [kW]")
-    axes[0, 1].set_ylabel("lowest bus voltage [pu]")
+            show(axes[0, 0], "ref_kw", "mean", color="k", lw=0.8, ls="--", label="reference")
+        show(axes[0, 1], "vm_min", "min", color=color, lw=1.3, label=name)
+        show(axes[1, 0], "line_max", "max", color=color, lw=1.3, label=name)
+        show(axes[1, 1], "trafo_max", "max", color=color, lw=1.3, label=name)
+    daily = t is not None and _span_days(t) > DAILY_AFTER_DAYS
+    axes[0, 0].set_ylabel("aggregate EV power [kW]" + (" (daily mean)" if daily else ""))
+    axes[0, 1].set_ylabel("lowest bus voltage [pu]" + (" (daily min)" if daily else ""))
     axes[0, 1].axhline(lo, color="k", ls="--", lw=0.8)
-    axes[1, 0].set_ylabel("most loaded line [%]")
-    axes[1, 1].set_ylabel("most loaded transformer [%]")
+    axes[1, 0].set_ylabel("most loaded line [%]" + (" (daily max)" if daily else ""))
+    axes[1, 1].set_ylabel("most loaded transformer [%]" + (" (daily max)" if daily else ""))
     for ax in axes.ravel():
-        ax.legend(loc="best", fontsize=8)
-    for ax in axes[1]:
-        _time_axis(ax, t)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=8)
+    if t is not None:
+        for ax in axes[1]:
+            _time_axis(ax, t)
     fig.suptitle(f"Grid impact of the dispatch policies: {first.get('grid', {}).get('grid', '')}, "
                  f"{first['options']['evs']} EVs, {first['options']['step_min']:g}-min steps")
     fig.tight_layout()
@@ -481,7 +792,7 @@ def remake(out) -> str:
         runs = {}
         for name in summary.get("policies_run", []):
             sub = out / name
-            if (sub / RESULTS).is_file() and (sub / SUMMARY).is_file():
+            if results_file(sub) is not None and (sub / SUMMARY).is_file():
                 runs[name] = _remake_run(sub)
         if not runs:
             raise ScenarioError(f"{out}: no policy has results yet")
@@ -495,10 +806,9 @@ def _remake_run(out: Path) -> dict:
     old = read_json(out / SUMMARY)
     if "options" not in old:
         raise ScenarioError(f"{out / SUMMARY}: has no options: not an evagg results folder")
-    table = read_results(out)
-    if table.empty:
-        raise ScenarioError(f"{out}: {RESULTS} has no steps")
     summary = summarize(out, old)
+    if not summary["figures"]["steps"]:
+        raise ScenarioError(f"{_results_path(out)}: has no steps")
     write_json(out / SUMMARY, summary)
-    plot_run(out, summary, table)
+    plot_run(out, summary)
     return summary

@@ -312,16 +312,18 @@ def test_tidy_table_csv_is_flushed_as_it_goes(tmp_path, caplog):
 
 def test_tidy_table_parquet(tmp_path):
     path = tmp_path / "out.parquet"
-    table = TidyTable(path, flush_every=2)
-    journal = tmp_path / "out.parquet.partial.csv"
+    table = TidyTable(path, row_group_rows=2)
+    partial = tmp_path / "out.parquet.partial"
     table.add_step(0, [("e", "P[MW]", 0.5)])
-    assert journal.exists() and not path.exists()
+    assert partial.exists() and not path.exists()
     table.add_step(5, [("e", "P[MW]", 0.25)])
-    assert len(read_table(journal)) == 2  # flushed every 2 steps
+    table.add_step(10, [("e", "P[MW]", float("nan"))])
+    assert table.n_rows == 2  # one row group written as it goes, the third row still buffered
     table.close()
-    assert path.exists() and not journal.exists()
+    assert path.exists() and not partial.exists()
     frame = pd.read_parquet(path)
-    assert frame["value"].tolist() == [0.5, 0.25] and frame["time"].tolist() == ["0", "5"]
+    assert frame["value"].tolist()[:2] == [0.5, 0.25] and np.isnan(frame["value"].iat[2])
+    assert frame["time"].tolist() == ["0", "5", "10"]
 
 
 def test_end_shrinks_the_horizon_and_exact_future_matches_batch():
