@@ -232,7 +232,8 @@ class Options:
     v_band: tuple = option((0.95, 1.05), "band", "voltage band in pu", metavar="LO,HI")
     policies: tuple = option(tuple(Policy(p) for p in DEFAULT_POLICIES), "policies", "grid_impact: "
                              "comma-separated policies to compare (methods, <method>+grid, peak_shaving[+grid], "
-                             "no_evs; @<setting> runs one with other information, e.g. dcls@known, dcls@noisy)", metavar="LIST", default_text=",".join(DEFAULT_POLICIES) + " (with --method "
+                             "no_evs; @<setting> runs one with other information, e.g. dcls@known, dcls@noisy)",
+                             metavar="LIST", default_text=",".join(DEFAULT_POLICIES) + " (with --method "
                              "M: uncontrolled,edf,M,M+grid,peak_shaving)")
     coupling: str = option(COUPLINGS[0], "choice", "grid-aware policies: the operator's limits act one step late "
                            "(delayed: mosaik time-shifted connections) or are settled within each step (iterative: "

@@ -107,8 +107,8 @@ def test_forecast_plans_ghosts_ahead_only_and_applies_real_evs(fleet, reference)
         assert r.pc_kw.shape == r.sessions.shape  # and only they get power
         planned = (agg._ghost_first > r.k) & (agg._ghost_first < r.k + H)
         assert r.n_ghosts == int(planned.sum())  # ghosts only while their arrival lies ahead in the horizon
-    again = Aggregator(fleet, START, STEP, horizon=H, method="edf", arrivals="forecast", arrivals_seed=3).run(96, reference)
-    assert [r.p_kw for r in again] == [r.p_kw for r in results]
+    again = Aggregator(fleet, START, STEP, horizon=H, method="edf", arrivals="forecast", arrivals_seed=3)
+    assert [r.p_kw for r in again.run(96, reference)] == [r.p_kw for r in results]
 
 
 # ----------------------------------------------------------------------------------------- declared departures
