@@ -200,7 +200,7 @@ AGGREGATOR_PARAMS = (
     Param("start", "the time of mosaik time 0 (ISO 8601), if not the simulator's start_date"),
     Param("end", "end of the study period (ISO 8601): plans never reach past it (a shrinking horizon)"),
     Param("arrivals", "what the aggregator knows of its sessions: on_plug (an EV is planned once plugged in, with "
-                      "its declared departure), known (the future known: an upper bound) or forecast (on_plug plus "
+                      "its declared departure), known (arrivals known ahead: foresight) or forecast (on_plug plus "
                       "expected arrivals from the fleet's arrival profile); see evagg.simulators.aggregator",
           default=ARRIVALS[0], check=lambda v: v in ARRIVALS, expects=f"one of {', '.join(ARRIVALS)}"),
     Param("arrivals_seed", "seed of the expected arrivals (arrivals='forecast')", default=0, check=whole(0),

@@ -226,8 +226,9 @@ class Options:
                                    metavar="PCT")
     arrivals: str = option(ARRIVALS[0], "choice", "what the aggregators know of their sessions: on_plug (an EV is "
                            "planned once plugged in, with its declared departure: what a study should quote), known "
-                           "(the future known, an upper bound) or forecast (on_plug plus expected arrivals drawn "
-                           "from the fleet's arrival profile by hour of day, seeded)", choices=ARRIVALS,
+                           "(arrivals and departures known ahead: the foresight of earlier studies) or forecast "
+                           "(on_plug plus expected arrivals drawn from the fleet's arrival profile by hour of day, "
+                           "seeded)", choices=ARRIVALS,
                            metavar="|".join(ARRIVALS))
     v_band: tuple = option((0.95, 1.05), "band", "voltage band in pu", metavar="LO,HI")
     policies: tuple = option(tuple(Policy(p) for p in DEFAULT_POLICIES), "policies", "grid_impact: "

@@ -24,7 +24,8 @@ What the aggregator knows of its sessions (`arrivals`, `ARRIVALS`):
   time leaves the EV short (counted in the shortfall, and in the unmet need when below what charging flat out
   until then would give); staying after it is idle plugged time (the EV is no longer planned and draws nothing;
   `idle_plugged_h`).
-- ``known``: the future known (an upper bound): the sessions plugged in at some step of the horizon are planned,
+- ``known``: the future known (the foresight of earlier studies, for upper-bound studies; a receding-horizon
+  plan is usually, not always, better for it): the sessions plugged in at some step of the horizon are planned,
   EVs not yet arrived with their session's initial energy, each with its actual departure.
 - ``forecast``: ``on_plug`` plus "ghost" sessions for the arrivals it expects, so that the plan keeps room for
   them. The rule (`ghost_sessions`): the fleet's arrival profile by hour of day is taken from its own sessions
