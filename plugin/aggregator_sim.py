@@ -97,7 +97,8 @@ class AggregatorSim(mosaik_api_v3.Simulator):
             out.append({
                 "eid": eid, "type": "Aggregator", "children": children, "rel": [],
                 "extra_info": {"n_evs": len(agg.fleet), "buses": [int(b) for b in agg.buses], "method": agg.method,
-                               "horizon": agg.horizon, "step_s": agg.step_s, "start": str(agg.start)},
+                               "horizon": agg.horizon, "step_s": agg.step_s, "start": str(agg.start),
+                               "arrivals": agg.arrivals},
             })
         return out
 
@@ -131,7 +132,8 @@ class AggregatorSim(mosaik_api_v3.Simulator):
                                     source=f"forecast {p['forecast']}")
         engine = {k: v for k, v in (("method", p["method"]), ("horizon", p["horizon"])) if v is not None}
         return Aggregator(fleet, start, self.grid.step_s, time_limit_s=p["time_limit"], bus=p["bus_map"],
-                          grid_buses=p["grid_buses"], forecast=forecast, name=eid, end=p["end"], **engine)
+                          grid_buses=p["grid_buses"], forecast=forecast, name=eid, end=p["end"],
+                          arrivals=p["arrivals"], arrivals_seed=int(p["arrivals_seed"]), **engine)
 
     def setup_done(self):
         """Check the grid connections: every EVBus connected to a pandapower Bus must be connected to the bus of its

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from mosaik_api_v3.types import Meta, ModelDescription
 
+from evagg.simulators.aggregator import ARRIVALS
 from evagg.simulators.synthetic import REFERENCE_KINDS
 
 KW_PER_MW = 1000.0
@@ -198,6 +199,12 @@ AGGREGATOR_PARAMS = (
     Param("forecast", "a signal CSV giving the reference's future (None or 'hold': the current reference is held)"),
     Param("start", "the time of mosaik time 0 (ISO 8601), if not the simulator's start_date"),
     Param("end", "end of the study period (ISO 8601): plans never reach past it (a shrinking horizon)"),
+    Param("arrivals", "what the aggregator knows of its sessions: on_plug (an EV is planned once plugged in, with "
+                      "its declared departure), known (arrivals known ahead: foresight) or forecast (on_plug plus "
+                      "expected arrivals from the fleet's arrival profile); see evagg.simulators.aggregator",
+          default=ARRIVALS[0], check=lambda v: v in ARRIVALS, expects=f"one of {', '.join(ARRIVALS)}"),
+    Param("arrivals_seed", "seed of the expected arrivals (arrivals='forecast')", default=0, check=whole(0),
+          expects="a whole number >= 0"),
 )
 
 # The state of charge spread outputs: (attribute, source, percentile, what) read from `Aggregator.soc_spread()`.
@@ -236,6 +243,8 @@ AGGREGATOR_MODELS: dict[str, ModelSpec] = {
             Attr("solve_time[s]", "wall time of this step's re-dispatch", source="solve_time_s"),
             Attr("limited", "1 when a grid limit (on the fleet or one of its buses) was binding in this step",
                  source="limited", kind=int),
+            Attr("idle_plugged[h]", "cumulative hours its EVs stayed plugged in after their declared departure "
+                                    "(no longer planned, drawing nothing)", source="idle_plugged_h"),
             Attr("needs_lowered[MWh]", "departure needs this step's plan gave up because the grid limits left "
                                        "them out of reach", source="needs_lowered_kwh", factor=KW_PER_MW),
             *(Attr(name, f"state of charge of the EVs plugged in in the step, at its end: {what} (None if none)",
@@ -278,12 +287,19 @@ REFERENCE_MODELS: dict[str, ModelSpec] = {
                   expects="a whole number >= 1"),
             Param("forecast_steps", "the next steps sent as P_forecast[MW]", default=0, check=whole(0),
                   expects="a whole number >= 0"),
+            Param("forecast_error", "P_forecast[MW] with seeded errors growing with the lead time: their standard "
+                                    "deviation at a lead of 1 h, in % of the signal's spread (its standard "
+                                    "deviation); 0: the signal's own values (evagg.simulators.reference)",
+                  default=0.0, check=number(0.0, 1000.0), expects="a number in [0, 1000] (%)"),
+            Param("forecast_seed", "seed of the forecast errors", default=0, check=whole(0),
+                  expects="a whole number >= 0"),
             Param("until", "the mosaik time the run ends: a signal that does not cover it is an error at creation"),
             Param("start", "the time of mosaik time 0 (ISO 8601), if not the simulator's start_date"),
         ),
         outputs=(
             Attr("P_ref[MW]", "the reference for this step", source="p_ref_kw", factor=KW_PER_MW),
-            Attr("P_forecast[MW]", "the signal's next forecast_steps values (perfect foresight)",
+            Attr("P_forecast[MW]", "the signal's next forecast_steps values (perfect foresight, or with the "
+                                   "errors of forecast_error)",
                  source="forecast_kw", factor=KW_PER_MW, kind=list),
         ),
     ),

@@ -3,7 +3,9 @@
 From a signal CSV (the spec's table: time, p_ref_kw; resampled onto the simulator's steps as the signal's mean over
 each step) or synthetic (`synthetic_reference`: a regulation-like signal around the baseline schedule of a fleet
 given as a sessions CSV or as n_evs/seed/days/v2g_share, the same as the aggregator's; without a fleet, around a
-diurnal shape of scale_kw). With `until` (the mosaik time the run ends), a signal that does not cover the run is an
+diurnal shape of scale_kw). P_forecast[MW] holds the signal's next forecast_steps values, with seeded errors
+growing with the lead time if forecast_error (% of the signal's spread, see evagg.simulators.reference) is given.
+With `until` (the mosaik time the run ends), a signal that does not cover the run is an
 error at creation; without it, at the first step it does not cover. Never a silent zero.
 
 sim_config entry: ``{"python": "evagg.plugin:ReferenceSim"}`` (or ``evagg-mosaik --sim reference``).
@@ -17,7 +19,7 @@ import numpy as np
 from mosaik_api_v3.types import CreateResult, InputData, Time
 
 from evagg.simulators.aggregator import SignalSource
-from evagg.simulators.reference import Reference
+from evagg.simulators.reference import Reference, forecast_errors, spread_kw
 from evagg.simulators.synthetic import synthetic_fleet, synthetic_reference
 from evagg.simulators.tables import read_reference, read_sessions
 from evagg.simulators.times import to_datetime64
@@ -38,7 +40,8 @@ class ReferenceSim(SteppedSim):
 
     def __init__(self):
         super().__init__(META)
-        self.signals: dict[str, tuple[SignalSource, int]] = {}  # eid -> (signal, forecast steps)
+        # eid -> (signal, forecast steps, forecast errors: (sigma_kw at 1 h, seed) or None)
+        self.signals: dict[str, tuple[SignalSource, int, tuple | None]] = {}
         self._k: int | None = None
 
     def create(self, num: int, model: str, **p: Any) -> list[CreateResult]:
@@ -54,7 +57,7 @@ class ReferenceSim(SteppedSim):
                                        "n_steps": src.n_steps, "step_s": src.step_s}})
         return out
 
-    def _build(self, eid: str, p: dict, given: dict) -> tuple[SignalSource, int]:
+    def _build(self, eid: str, p: dict, given: dict) -> tuple[SignalSource, int, tuple | None]:
         g = self.grid
         fsteps = int(p["forecast_steps"])
         until = p["until"]
@@ -89,11 +92,17 @@ class ReferenceSim(SteppedSim):
             source = SignalSource(ref, start, g.step_s, source=f"synthetic {kind} signal")
         if until is not None:
             source.check_covers(g.steps_until(until))
-        return source, fsteps
+        noise = None
+        if p["forecast_error"]:
+            # the level is a share of the signal's spread over the run (else over all it covers)
+            n = g.steps_until(until) if until is not None else source.n_steps
+            sigma = float(p["forecast_error"]) / 100.0 * spread_kw(source.values(0, n, clip=True))
+            noise = (sigma, int(p["forecast_seed"]))
+        return source, fsteps, noise
 
     def step(self, time: Time, inputs: InputData, max_advance: Time) -> Time:
         k = self.grid.step_index(time)
-        for src, _ in self.signals.values():
+        for src, _, _ in self.signals.values():
             src.values(k, 1)  # the error, now, for a step the signal does not cover
         self._k = k
         return time + self.grid.step_size
@@ -105,10 +114,11 @@ class ReferenceSim(SteppedSim):
 
 
 class _SignalOutputs:
-    """What a Signal's outputs are read from in step k: its value, and its next values (read when asked for)."""
+    """What a Signal's outputs are read from in step k: its value, and its next values (read when asked for), with
+    the forecast's errors if it has some."""
 
-    def __init__(self, source: SignalSource, forecast_steps: int, k: int):
-        self._source, self._fsteps, self._k = source, forecast_steps, k
+    def __init__(self, source: SignalSource, forecast_steps: int, noise, k: int):
+        self._source, self._fsteps, self._noise, self._k = source, forecast_steps, noise, k
 
     @property
     def p_ref_kw(self) -> float:
@@ -116,4 +126,8 @@ class _SignalOutputs:
 
     @property
     def forecast_kw(self):
-        return self._source.values(self._k + 1, self._fsteps, clip=True)
+        ahead = self._source.values(self._k + 1, self._fsteps, clip=True)
+        if self._noise is not None:
+            sigma, seed = self._noise
+            ahead = ahead + forecast_errors(self._k, ahead.size, self._source.step_s, sigma, seed)
+        return ahead

@@ -16,14 +16,17 @@ The world:
   would have left them); each ``EVBus`` child feeds its bus's ``P_load[MW]``;
 - ``Ref``: a reference signal per aggregator (synthetic regulation around its fleet's spread-out charging need,
   or a CSV for the whole fleet, shared in proportion to the aggregators' EVs), with its next steps as the
-  forecast (``forecast="perfect"``) or held (``"hold"``);
+  forecast (``forecast="perfect"``), with seeded errors (``"noisy"``, ``forecast_error``) or held (``"hold"``);
+  what the aggregators know of their sessions is ``arrivals`` (default ``on_plug``: an EV is planned once
+  plugged in; see `evagg.simulators.aggregator`); summary.json's ``information`` records both;
 - ``Results``: the tidy results table (`evagg.plugin.CollectorSim`): every aggregator's outputs, each EVBus's
   power, each signal, every bus's voltage and power, every line's and transformer's loading, the external
   grid's power.
 
 `main(**options)` runs it into a results folder (see `evagg.scenarios.folder`) and returns the summary;
 the options are those of `evagg.scenarios.options.Options` (days, step_min, evs, aggregators, v2g_share, method,
-seed, grid, start, signal, horizon, forecast, v_band, out, overwrite, progress, plots); `run(opts)` takes them
+seed, grid, start, signal, horizon, forecast, forecast_error, arrivals, v_band, out, overwrite, progress, plots);
+`run(opts)` takes them
 checked.
 """
 from __future__ import annotations
@@ -89,7 +92,9 @@ def write_inputs(opts: Options, feeder, reference, out: Path) -> list[dict]:
         sessions = out / INPUTS / f"sessions-{i}.csv"
         write_sessions(fleet, sessions)
         agg = {"index": i, "evs": n, "sessions": f"{INPUTS}/{sessions.name}", "n_sessions": len(fleet),
-               "seed": derived_seed(opts.seed, i, 0), "signal": None}
+               "seed": derived_seed(opts.seed, i, 0), "signal": None,
+               # the seeds of the forecast's errors (--forecast noisy) and of the expected arrivals (forecast)
+               "forecast_seed": derived_seed(opts.seed, i, 0, 1), "arrivals_seed": derived_seed(opts.seed, i, 0, 2)}
         path = out / INPUTS / f"signal-{i}.csv"
         if reference is not None:
             share = n / opts.evs
@@ -128,7 +133,7 @@ def build_world(opts: Options, pol: Policy, out: Path, aggs: list[dict], on_step
         table = results.Table(path=str(out / opts.results_name))
         timing = results.Table(path=str(out / TIMING))
         ref_sim = world.start("Ref", step_size=step, start_date=start)
-        fsteps = opts.horizon - 1 if opts.forecast == "perfect" else 0
+        fsteps = opts.horizon - 1 if opts.forecast in ("perfect", "noisy") else 0
         entities = {"grid": None, "aggregators": [], "signals": [], "operator": None}
         # In the iterative coupling the simulators of the loop must form one mosaik group.
         with (world.group() if iterative else contextlib.nullcontext()):
@@ -139,7 +144,8 @@ def build_world(opts: Options, pol: Policy, out: Path, aggs: list[dict], on_step
                 sessions = str((out / a["sessions"]).resolve())  # absolute: an aggregator process may run elsewhere
                 agg_sim = world.start("EVAgg", step_size=step, start_date=start, **same_step)
                 agg = agg_sim.Aggregator(sessions=sessions, method=pol.method, horizon=opts.horizon,
-                                         grid_buses=grid_buses)
+                                         grid_buses=grid_buses, arrivals=opts.arrivals,
+                                         arrivals_seed=a["arrivals_seed"])
                 connect_buses(world, agg, grid)
                 world.connect(agg, table, *AGGREGATOR_OUTPUTS, *SOC_OUTPUTS)
                 for child in agg.children:
@@ -159,6 +165,8 @@ def build_world(opts: Options, pol: Policy, out: Path, aggs: list[dict], on_step
         shaver_sim = None
         for a, agg in zip(aggs, entities["aggregators"]):
             sessions = str((out / a["sessions"]).resolve())
+            noise = ({"forecast_error": opts.forecast_error, "forecast_seed": a["forecast_seed"]}
+                     if opts.forecast == "noisy" else {})
             if pol.reference == "peak_shaving":
                 if shaver_sim is None:  # one simulator for the aggregators' shavers
                     shaver_sim = world.start("PeakShaver", step_size=step, start_date=start)
@@ -166,11 +174,11 @@ def build_world(opts: Options, pol: Policy, out: Path, aggs: list[dict], on_step
                                    peak_target_kw, fsteps)
             elif a["signal"] is not None:
                 sig = ref_sim.Signal(path=str((out / a["signal"]).resolve()), forecast_steps=fsteps,
-                                     until=opts.until)
+                                     until=opts.until, **noise)
                 world.connect(sig, agg, "P_ref[MW]", *(["P_forecast[MW]"] if fsteps else []))
             else:
                 sig = ref_sim.Signal(kind="regulation", sessions=sessions, seed=a["seed"], forecast_steps=fsteps,
-                                     until=opts.until)
+                                     until=opts.until, **noise)
                 world.connect(sig, agg, "P_ref[MW]", *(["P_forecast[MW]"] if fsteps else []))
             world.connect(sig, table, "P_ref[MW]")
             entities["signals"].append(sig)
@@ -204,6 +212,19 @@ def feeder_base_kw(feeder, opts: Options) -> np.ndarray:
         gen = values.get(("sgen", "p_mw"), (None, net.sgen.p_mw.to_numpy()))[1]
         out[k] = 1000.0 * (float(np.sum(load)) - float(np.sum(gen)))
     return out
+
+
+def information(opts: Options, out: Path, aggs: list[dict]) -> dict:
+    """What the aggregators of a run know (summary.json's "information"): arrivals, the reference's forecast (and
+    its error level), which departures the plans use and how many sessions declared another one than they kept."""
+    fleets = [read_sessions(out / a["sessions"]) for a in aggs]
+    declared = [f for f in fleets if f.departure_declared is not None]
+    earlier = sum(int(np.sum(f.departure < f.departure_declared)) for f in declared)
+    later = sum(int(np.sum(f.departure > f.departure_declared)) for f in declared)
+    return {"arrivals": opts.arrivals, "forecast": opts.forecast,
+            "forecast_error_pct": opts.forecast_error if opts.forecast == "noisy" else None,
+            "departures": "actual" if opts.arrivals == "known" or not declared else "declared",
+            "sessions_leaving_before_declared": earlier, "sessions_leaving_after_declared": later}
 
 
 def peak_target_kw(opts: Options, feeder, out: Path, aggs: list[dict]) -> float:
@@ -277,9 +298,10 @@ def run_into(opts: Options, out: Path, feeder, reference, policy: Policy, progre
     """One run of the feeder day under `policy` into the (existing, empty) folder `out`; returns its summary (also
     written). Raises Interrupted / RunFailed (after writing an incomplete summary) if it did not finish."""
     t0 = time.perf_counter()
+    opts = policy.informed(opts)  # a policy's @ settings (e.g. dcls@known) override the run's information
     aggs = write_inputs(opts, feeder, reference, out)
     base = {"complete": False, "scenario": opts.scenario, "method": policy.name, "options": opts.as_dict(),
-            "grid": feeder.describe(), "aggregators": aggs}
+            "information": information(opts, out, aggs), "grid": feeder.describe(), "aggregators": aggs}
     target = None
     if policy.reference == "peak_shaving":
         target = base["peak_target_kw"] = round(peak_target_kw(opts, feeder, out, aggs), 6)

@@ -89,6 +89,8 @@ def build_fleet(opts: Options, i: int, n: int, buses: np.ndarray):
     values = {}
     for fld in dataclasses.fields(Fleet):
         vs = [getattr(p, fld.name) for p in parts]
+        if vs[0] is None:  # an optional field the synthetic fleets do not have (departure_declared)
+            continue
         values[fld.name] = (pd.concat(vs, ignore_index=True) if isinstance(vs[0], pd.DataFrame)
                             else np.concatenate(vs))
     keep = (values["departure"] > start) & (values["arrival"] < end)

@@ -20,10 +20,11 @@ import numpy as np
 import pandas as pd
 
 from evagg.plugin.meta import COUPLINGS
-from evagg.simulators.aggregator import DEFAULT_HORIZON
+from evagg.simulators.aggregator import ARRIVALS, DEFAULT_HORIZON
 from evagg.simulators.dispatch import METHODS
 from evagg.simulators.fleet import Fleet
 from evagg.simulators.tables import InputError, read_sessions
+from evagg.simulators.reference import FORECASTS
 
 from .errors import ScenarioError
 from .folder import RESULTS, RESULTS_PARQUET
@@ -37,7 +38,6 @@ DEFAULT_GRID = "1-LV-rural2--0-sw"  # simbench's rural LV feeder: 97 buses, 99 l
 DEFAULT_STUDY_START = "2026-01-14T12:00:00"
 DEFAULT_METHOD = "dcls"
 DEFAULT_POLICIES = ("uncontrolled", "edf", "dcls", "dcls+grid", "peak_shaving")
-FORECASTS = ("perfect", "hold")
 RESULTS_FORMATS = ("auto", "csv", "parquet")
 LONG_RUN_DAYS = 7  # results_format auto: runs longer than this write Parquet
 
@@ -48,17 +48,32 @@ class Policy(str):
     for a world without EVs) and whether a grid operator sends them limits (`grid_aware`). Names: a method
     (``dcls``, ``edf``, ...), ``<method>+grid`` (the same under the grid operator's limits), ``peak_shaving`` (dcls
     following the room below a target on the feeder, see simulators/peak_shaving.py; ``peak_shaving+grid`` adds
-    the operator), ``no_evs`` (the feeder alone)."""
+    the operator), ``no_evs`` (the feeder alone). A suffix ``@<setting>`` (one or two) runs it with other
+    information than the run's options: an arrivals setting (``@on_plug``, ``@known``, ``@forecast``) or a
+    reference forecast (``@perfect``, ``@hold``, ``@noisy``), e.g. ``dcls@known`` or ``dcls+grid@known@noisy``:
+    grid_impact then shows the cost of not knowing side by side."""
 
     method: str
     reference: str  # signal | peak_shaving | none
     grid_aware: bool
+    arrivals: str | None  # the @ setting of what the aggregators know of their sessions (None: the run's option)
+    forecast: str | None  # the @ setting of the reference's forecast (None: the run's option)
 
     def __new__(cls, name) -> "Policy":
         if isinstance(name, Policy):
             return name
         text = str(name).strip()
-        base, plus, suffix = text.partition("+")
+        policy, *settings = text.split("@")
+        arrivals = forecast = None
+        for setting in settings:
+            if setting in ARRIVALS and arrivals is None:
+                arrivals = setting
+            elif setting in FORECASTS and forecast is None:
+                forecast = setting
+            else:
+                raise ScenarioError(f"policy {text!r}: {setting!r} is not an information setting (one arrivals "
+                                    f"setting: {', '.join(ARRIVALS)}; one forecast: {', '.join(FORECASTS)})")
+        base, plus, suffix = policy.partition("+")
         if plus and suffix != "grid":
             raise ScenarioError(f"unknown policy {text!r}: the only suffix is +grid (e.g. dcls+grid)")
         if base == "no_evs":
@@ -72,9 +87,24 @@ class Policy(str):
         else:
             raise ScenarioError(f"unknown policy {text!r}; choose a method ({', '.join(METHODS)}), <method>+grid, "
                                 "peak_shaving[+grid] or no_evs")
+        if settings and reference == "none":
+            raise ScenarioError(f"{text}: without EVs there is nothing to know")
+        if forecast is not None and reference == "peak_shaving":
+            raise ScenarioError(f"{text}: peak_shaving makes its own forecast of the room on the feeder")
         self = super().__new__(cls, text)
         self.method, self.reference, self.grid_aware = method, reference, bool(plus)
+        self.arrivals, self.forecast = arrivals, forecast
         return self
+
+    @property
+    def base(self) -> str:
+        """The name without its @ settings (the same policy with the run's information)."""
+        return self.name.split("@", 1)[0]
+
+    def informed(self, opts: "Options") -> "Options":
+        """`opts` with this policy's @ settings (the options a run of it uses)."""
+        changes = {k: v for k, v in (("arrivals", self.arrivals), ("forecast", self.forecast)) if v is not None}
+        return dataclasses.replace(opts, **changes) if changes else opts
 
     @property
     def name(self) -> str:
@@ -206,12 +236,24 @@ class Options:
     horizon: int = option(DEFAULT_HORIZON, "int", "steps each re-dispatch plans ahead", label="horizon", lo=1,
                           hi=192, metavar="H")
     forecast: str = option("perfect", "choice", "what the aggregators know of the reference's next steps: perfect "
-                           "(the signal's values) or hold (the current value held)", choices=FORECASTS,
+                           "(the signal's values), hold (the current value held) or noisy (the signal's values plus "
+                           "seeded errors growing with the lead time, --forecast-error)", choices=FORECASTS,
                            metavar="|".join(FORECASTS))
+    forecast_error: float = option(10.0, "number", "--forecast noisy: the errors' standard deviation at a lead of "
+                                   "1 h, in %% of the signal's spread (its standard deviation); it grows as the "
+                                   "square root of the lead", label="forecast error", lo=0.0, hi=1000.0,
+                                   metavar="PCT")
+    arrivals: str = option(ARRIVALS[0], "choice", "what the aggregators know of their sessions: on_plug (an EV is "
+                           "planned once plugged in, with its declared departure: what a study should quote), known "
+                           "(arrivals and departures known ahead: the foresight of earlier studies) or forecast "
+                           "(on_plug plus expected arrivals drawn from the fleet's arrival profile by hour of day, "
+                           "seeded)", choices=ARRIVALS,
+                           metavar="|".join(ARRIVALS))
     v_band: tuple = option((0.95, 1.05), "band", "voltage band in pu", metavar="LO,HI")
     policies: tuple = option(tuple(Policy(p) for p in DEFAULT_POLICIES), "policies", "grid_impact: "
                              "comma-separated policies to compare (methods, <method>+grid, peak_shaving[+grid], "
-                             "no_evs)", metavar="LIST", default_text=",".join(DEFAULT_POLICIES) + " (with --method "
+                             "no_evs; @<setting> runs one with other information, e.g. dcls@known, dcls@noisy)",
+                             metavar="LIST", default_text=",".join(DEFAULT_POLICIES) + " (with --method "
                              "M: uncontrolled,edf,M,M+grid,peak_shaving)")
     coupling: str = option(COUPLINGS[0], "choice", "grid-aware policies: the operator's limits act one step late "
                            "(delayed: mosaik time-shifted connections) or are settled within each step (iterative: "

@@ -5,8 +5,8 @@ At each step k of length dt (step k covers [start + k*dt, start + (k+1)*dt)) the
 1. takes the reference for step k (kW, + = the fleet draws power) and a forecast for the steps after it (given,
    or the current reference held: persistence); with no reference ever received it charges `uncontrolled`;
 2. re-dispatches its fleet with the engine (`dispatch`) over the horizon [t_k, t_k + H*dt), starting from the
-   energies it carries (`Problem.build(..., energy_initial_kwh=...)`), over the sessions plugged in at some step
-   of the horizon (EVs not yet arrived still hold their session's initial energy; EVs that left are dropped);
+   energies it carries (`Problem.build(..., energy_initial_kwh=...)`), over the sessions it knows of (`arrivals`,
+   below; EVs that left are dropped);
 3. applies the plan's first step only: the energy after step k is exactly `Problem.energy` of that first step;
 4. honours grid limits on the fleet (P_min <= aggregate <= P_max) and on its EVs at each bus, as hard constraints
    of the dispatch, held over the horizon (a limit stays until the operator changes it); where they leave an EV's
@@ -16,6 +16,26 @@ At each step k of length dt (step k covers [start + k*dt, start + (k+1)*dt)) the
 The spec's conventions hold throughout (docs/model.md): kW, kWh, hours; an EV may draw or inject power
 in step k iff arrival <= t_k and t_k + dt <= departure.
 
+What the aggregator knows of its sessions (`arrivals`, `ARRIVALS`):
+
+- ``on_plug`` (default): an EV enters the plan once it is plugged in (step k with arrival <= t_k), and the
+  aggregator learns then its target and its departure: the declared one (the sessions' `departure_declared`)
+  where given, else the actual one. The session still ends at its actual departure: leaving before the declared
+  time leaves the EV short (counted in the shortfall, and in the unmet need when below what charging flat out
+  until then would give); staying after it is idle plugged time (the EV is no longer planned and draws nothing;
+  `idle_plugged_h`).
+- ``known``: the future known (the foresight of earlier studies, for upper-bound studies; a receding-horizon
+  plan is usually, not always, better for it): the sessions plugged in at some step of the horizon are planned,
+  EVs not yet arrived with their session's initial energy, each with its actual departure.
+- ``forecast``: ``on_plug`` plus "ghost" sessions for the arrivals it expects, so that the plan keeps room for
+  them. The rule (`ghost_sessions`): the fleet's arrival profile by hour of day is taken from its own sessions
+  (those arriving after the start; the rate of hour h = the arrivals in hour h / the times hour h occurs from
+  the start to the last arrival), and from it, seeded (`arrivals_seed`), a Poisson number of ghosts is drawn for
+  every hour from the start to the last departure, each at a uniform time in its hour and a copy of one of that
+  hour's sessions drawn at random (its energies, powers, efficiencies, bus and declared stay). A ghost is planned
+  while its arrival lies ahead in the horizon (never in the step applied); once its time comes the real
+  arrivals take over.
+
 Also here: `SignalSource`, the reference signal (a `Reference`, e.g. read from the signal table) resampled onto
 the aggregator's time grid, which the reference-signal simulator serves and which can serve as a given forecast.
 """
@@ -23,13 +43,14 @@ from __future__ import annotations
 
 import logging
 import time as _time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 
 from .dispatch import dispatch, method_info
-from .fleet import Fleet
+from .fleet import Fleet, _unchecked
 from .limits import Limits, solver_limits
 from .problem import FEASIBILITY_TOL, Problem
 from .reference import Reference
@@ -37,12 +58,14 @@ from .times import to_datetime64, whole_seconds
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Aggregator", "StepResult", "SignalSource", "DEFAULT_HORIZON"]
+__all__ = ["Aggregator", "StepResult", "SignalSource", "DEFAULT_HORIZON", "ARRIVALS", "ghost_sessions"]
 
 # Steps planned ahead by default (4 h at 15 min), for the plugin and the scenarios alike. A longer horizon pays off
 # with a good forecast (measured with the exact future: RMSE 1.9x the batch dispatch's at 8 steps, 1.2x at 16, 1.0x
 # over the whole remaining period); with persistence 8 and 16 track alike.
 DEFAULT_HORIZON = 16
+# What the aggregator knows of its sessions (see the module doc); the first is the default.
+ARRIVALS = ("on_plug", "known", "forecast")
 # Departure need missed by more than this (kWh) counts as unmet (see the departures in `step`).
 NEED_UNMET_KWH = 1e-3
 # A limit counts as binding in a step when the power it bounds is this close (kW) to where the solvers put it (a
@@ -59,7 +82,7 @@ class StepResult:
     p_kw: float  # the fleet's net power in step k, + = drawn from the grid
     p_ref_kw: float | None  # the reference step k was asked to follow (None: uncontrolled)
     bus_kw: np.ndarray  # (n_buses,) net power per bus, in the order of `Aggregator.buses`
-    n_plugged: int  # EVs plugged in in step k
+    n_plugged: int  # EVs plugged in in step k (idle ones, past their declared departure, included)
     energy_kwh: float  # energy stored in the EVs plugged in in step k, at the end of the step
     shortfall_kwh: float  # cumulative: target (capped at capacity) not delivered at departure, up to this step
     need_unmet_kwh: float  # cumulative: the spec's departure need not met (only grid limits can cause it)
@@ -71,6 +94,8 @@ class StepResult:
     pd_kw: np.ndarray = None  # their discharge power applied in step k
     limited: bool = False  # a grid limit was binding in step k (the fleet or a bus at one of its bounds)
     needs_lowered_kwh: float = 0.0  # departure needs the plan gave up because the limits left them out of reach
+    idle_plugged_h: float = 0.0  # cumulative: hours EVs stayed plugged in after their declared departure
+    n_ghosts: int = 0  # expected arrivals ("ghost" sessions, arrivals="forecast") planned for in this step
     message: str = ""
 
     @property
@@ -164,6 +189,8 @@ class Aggregator:
                  current reference held over the horizon). A forecast passed to `step` wins over it.
     end:         optional end of the planning period (a time on the step grid): the horizon never reaches past
                  it (a shrinking horizon towards the end of a study period, like a batch dispatch over it).
+    arrivals:    what it knows of its sessions: on_plug (default), known or forecast (see the module doc).
+    arrivals_seed: the seed of the expected arrivals (arrivals="forecast").
     """
 
     def __init__(
@@ -179,6 +206,8 @@ class Aggregator:
         forecast: SignalSource | Reference | None = None,
         name: str = "aggregator",
         end=None,
+        arrivals: str = ARRIVALS[0],
+        arrivals_seed: int = 0,
     ):
         self.name = name
         self.start = to_datetime64(start)
@@ -194,6 +223,9 @@ class Aggregator:
             if end_s <= 0 or end_s % self.step_s:
                 raise ValueError(f"end {end} must be a step boundary after the start {self.start}")
             self.end_k = end_s // self.step_s
+        if arrivals not in ARRIVALS:
+            raise ValueError(f"arrivals must be one of {', '.join(ARRIVALS)}, got {arrivals!r}")
+        self.arrivals = arrivals
         method_info(method)  # a clear error for an unknown method, now rather than at the first step
         self.method = method
         self.time_limit_s = None if time_limit_s is None else float(time_limit_s)
@@ -228,7 +260,13 @@ class Aggregator:
         self.first_g = np.maximum(-(-arr_s // self.step_s), 0)
         self.stop_g = dep_s // self.step_s
         self.servable = self.stop_g > self.first_g
-        n_plug = np.maximum(self.stop_g - self.first_g, 0)
+        # The departures the plan uses: the actual ones with the future known, else those learnt at plug-in.
+        planned = fleet.departure if arrivals == "known" else fleet.departure_planned
+        self._plan_fleet = replace(self._core, departure=planned, departure_declared=None)
+        self.plan_stop_g = (planned - self.start).astype("timedelta64[s]").astype(np.int64) // self.step_s
+        self._idle_possible = bool(np.any(self.plan_stop_g < self.stop_g))
+        # The spec's need over the steps the EV is both plugged in and expected to be.
+        n_plug = np.maximum(np.minimum(self.stop_g, self.plan_stop_g) - self.first_g, 0)
         self.target_kwh = np.minimum(fleet.energy_target_kwh, fleet.capacity_kwh).astype(float)
         # The spec's departure need of each whole session (from its initial energy and all its plugged steps).
         self.need_kwh = np.minimum(
@@ -243,11 +281,28 @@ class Aggregator:
             log.warning("%s: %d session(s) are plugged in for no whole step of %d s and cannot be served",
                         name, unservable, self.step_s)
 
+        # Expected arrivals ("ghosts"), planned after the sessions: positions n.. of the plan fleet.
+        self.n_ghosts = 0
+        self._ghost_first, self._ghost_e0 = np.zeros(0, dtype=np.int64), np.zeros(0)
+        self._plan_bus = self.session_bus
+        if arrivals == "forecast":
+            ghosts, at = ghost_sessions(self._plan_fleet, self.start, arrivals_seed, self.session_bus)
+            if len(ghosts):
+                g_arr = (ghosts.arrival - self.start).astype("timedelta64[s]").astype(np.int64)
+                self._ghost_first = -(-g_arr // self.step_s)
+                self._ghost_e0 = ghosts.energy_initial_kwh.astype(float)
+                self._plan_fleet = _joined(self._plan_fleet, ghosts)
+                self._plan_bus = None if at is None else np.concatenate([self.session_bus, at])
+                self.n_ghosts = len(ghosts)
+            log.info("%s: plans for %d expected arrivals (ghost sessions, seed %s) from its fleet's arrival profile",
+                     name, self.n_ghosts, arrivals_seed)
+
         self.energy_kwh = fleet.energy_initial_kwh.astype(float).copy()  # carried state, one per session
         self.final_energy_kwh = np.full(n, np.nan)  # energy at departure, once departed
         self.shortfall_kwh = 0.0  # cumulative, vs the target capped at capacity (the engine's `shortfall`)
         self.need_unmet_kwh = 0.0  # cumulative, vs the spec's need: 0 unless grid limits left needs out of reach
         self.n_departed = 0
+        self.idle_plugged_h = 0.0  # cumulative: plugged in after the declared departure (not planned)
         self.k_next = 0
         self.last: StepResult | None = None
         self._last_ref: float | None = None
@@ -339,22 +394,23 @@ class Aggregator:
         mode = self._reference_mode(k, now, p_ref_kw)
         plan_ref = self._planned_reference(k, h, mode, forecast_kw)
 
-        # The sessions with a plugged step in [k, k + h): the plan's EVs.
-        idx = np.flatnonzero(self.servable & (self.stop_g > k) & (self.first_g < k + h))
+        idx, ghosts = self._planned(k, h)
+        planned = np.concatenate([idx, len(self.fleet) + ghosts]) if ghosts.size else idx
         status, message, limited, lowered = "idle", "", False, 0.0
         if idx.size:
-            sub = self._core.select(idx)
-            problem = Problem.build(sub, now, self.step_td, h, energy_initial_kwh=self.energy_kwh[idx])
+            sub = self._plan_fleet.select(planned)
+            e0 = np.concatenate([self.energy_kwh[idx], self._ghost_e0[ghosts]]) if ghosts.size else self.energy_kwh[idx]
+            problem = Problem.build(sub, now, self.step_td, h, energy_initial_kwh=e0)
             limits = None
             if p_min_kw is not None or p_max_kw is not None or bus_limits:
-                at = self.session_bus[idx] if self._bus_pos is not None else None
-                limits = Limits.build(len(idx), h, p_min_kw=p_min_kw, p_max_kw=p_max_kw,
+                at = self._plan_bus[planned] if self._bus_pos is not None else None
+                limits = Limits.build(len(planned), h, p_min_kw=p_min_kw, p_max_kw=p_max_kw,
                                       groups=_limit_groups(at, bus_limits, limit_by or {}))
             method = "uncontrolled" if mode == "uncontrolled" else self.method
             res = dispatch(sub, Reference(now, self.step_td, plan_ref), method=method,
                            time_limit_s=self.time_limit_s, problem=problem, limits=limits)
             status, message, lowered = res.status, res.message, res.needs_lowered_kwh
-            pc0, pd0 = res.pc[:, 0], res.pd[:, 0]
+            pc0, pd0 = res.pc[:, 0], res.pd[:, 0]  # (ghosts: 0, their arrival lies ahead)
             if limits is not None:
                 net0 = limits.net_kw(res.pc[:, :1], res.pd[:, :1])[:, 0]
                 aimed = solver_limits(limits, problem)  # where the solvers put the bounds: a hair inside them
@@ -365,10 +421,12 @@ class Aggregator:
                                    "%s: at %s the grid limits leave %.6g kWh of departure needs out of reach; the "
                                    "limits come first (said once)", self.name, now, lowered)
             # Exactly the engine's energy after the first step (Problem.energy's first column).
-            e_new = problem.energy(pc0[:, None], pd0[:, None])[:, 0]
+            n_idx = idx.size
+            e_new = problem.energy(pc0[:, None], pd0[:, None])[:n_idx, 0]
+            pc0, pd0 = pc0[:n_idx], pd0[:n_idx]
             self.energy_kwh[idx] = e_new
             p_ev = pc0 - pd0
-            on = (problem.first == 0) & (problem.stop > 0)
+            on = (problem.first[:n_idx] == 0) & (problem.stop[:n_idx] > 0)
             n_plugged = int(on.sum())
             energy = float(e_new[on].sum())
         else:
@@ -381,7 +439,14 @@ class Aggregator:
             bus_kw = np.zeros(0)
             p_kw = float(p_ev.sum())
 
-        self._depart(idx[self.stop_g[idx] == k + 1], k)
+        if self._idle_possible:  # plugged in past the declared departure: not planned, drawing nothing
+            idle = np.flatnonzero((self.plan_stop_g <= k) & (self.first_g <= k) & (self.stop_g > k))
+            n_plugged += idle.size
+            energy += float(self.energy_kwh[idle].sum())
+            self.idle_plugged_h += idle.size * self.dt_h
+            self._depart(np.flatnonzero(self.servable & (self.stop_g == k + 1)), k)
+        else:
+            self._depart(idx[self.stop_g[idx] == k + 1], k)
 
         self.k_next = k + 1
         result = StepResult(
@@ -389,10 +454,21 @@ class Aggregator:
             bus_kw=bus_kw, n_plugged=n_plugged, energy_kwh=energy, shortfall_kwh=self.shortfall_kwh,
             need_unmet_kwh=self.need_unmet_kwh,
             solve_time_s=_time.perf_counter() - t0, mode=mode, status=status, sessions=idx, pc_kw=pc0, pd_kw=pd0,
-            limited=limited, needs_lowered_kwh=lowered, message=message,
+            limited=limited, needs_lowered_kwh=lowered, idle_plugged_h=self.idle_plugged_h, n_ghosts=int(ghosts.size),
+            message=message,
         )
         self.last = result
         return result
+
+    def _planned(self, k: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+        """The positions of the sessions the plan of step k (over h steps) is for, and of its ghost sessions."""
+        if self.arrivals == "known":  # the sessions with a plugged step in [k, k + h)
+            idx = np.flatnonzero(self.servable & (self.stop_g > k) & (self.first_g < k + h))
+        else:  # the sessions plugged in now and expected to stay
+            idx = np.flatnonzero((self.first_g <= k) & (self.stop_g > k) & (self.plan_stop_g > k))
+        ghosts = np.flatnonzero((self._ghost_first > k) & (self._ghost_first < k + h)) if self.n_ghosts else \
+            self._ghost_first
+        return idx, ghosts
 
     def _checked_limits(self, k: int, p_min_kw, p_max_kw, bus_limits) -> dict:
         """The step's limits checked (P_min <= P_max, buses it has EVs at): {bus: (p_min_kw, p_max_kw)}."""
@@ -466,11 +542,11 @@ class Aggregator:
 
     def _state(self):
         return (self.energy_kwh.copy(), self.final_energy_kwh.copy(), self.shortfall_kwh, self.need_unmet_kwh,
-                self.n_departed, self.k_next, self.last, self._last_ref)
+                self.n_departed, self.k_next, self.last, self._last_ref, self.idle_plugged_h)
 
     def _restore(self) -> None:
         (energy, final, self.shortfall_kwh, self.need_unmet_kwh, self.n_departed, self.k_next, self.last,
-         self._last_ref) = self._before
+         self._last_ref, self.idle_plugged_h) = self._before
         self.energy_kwh, self.final_energy_kwh = energy.copy(), final.copy()
 
     def soc_spread(self, percentiles=(0, 10, 50, 90, 100)) -> np.ndarray | None:
@@ -500,6 +576,60 @@ class Aggregator:
             out.append(self.step(k, p_ref, forecast_kw=fc, p_min_kw=p_min_kw, p_max_kw=p_max_kw,
                                  bus_limits=bus_limits))
         return out
+
+
+def ghost_sessions(fleet: Fleet, start, seed, bus: np.ndarray | None = None) -> tuple[Fleet, np.ndarray | None]:
+    """The expected arrivals of `fleet` from `start` on, as "ghost" sessions (ids ghost-0, ghost-1, ...), and their
+    buses (None without `bus`): the rule of arrivals="forecast" (module doc). Seeded: the same `seed`, the same
+    ghosts. No arrival after the start: no ghosts."""
+    start = to_datetime64(start)
+    hour = 3600
+    arr_s = (fleet.arrival - start).astype("timedelta64[s]").astype(np.int64)
+    arriving = np.flatnonzero(arr_s > 0)  # the sessions plugged in at the start are no arrivals
+    empty = fleet.select(np.zeros(0, dtype=np.int64))
+    if not arriving.size:
+        return empty, None if bus is None else np.zeros(0, dtype=np.int64)
+    day_s = (start - start.astype("datetime64[D]")).astype("timedelta64[s]").astype(np.int64)  # start's time of day
+    of_hour = lambda s: ((s + day_s) // hour) % 24  # noqa: E731 - the hour of day of seconds after the start
+    b = of_hour(arr_s[arriving])
+    counts = np.bincount(b, minlength=24)
+    # The hours from the one holding the start to the one holding the last arrival: how often each hour occurred.
+    first_slot = -((day_s % hour))
+    seen = of_hour(np.arange(first_slot, int(arr_s[arriving].max()) + 1, hour))
+    rate = counts / np.maximum(np.bincount(seen, minlength=24), 1)
+    dep_s = (fleet.departure - start).astype("timedelta64[s]").astype(np.int64)
+    slots = np.arange(first_slot, int(dep_s.max()), hour)
+    rng = np.random.default_rng(seed)
+    n = rng.poisson(rate[of_hour(slots)])
+    slot = np.repeat(slots, n)
+    t = slot + np.floor(rng.random(slot.size) * hour).astype(np.int64)
+    # each ghost a copy of one of its hour's sessions, drawn at random
+    order = arriving[np.argsort(b, kind="stable")]
+    offset = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    gb = of_hour(slot)
+    pick = order[offset[gb] + np.floor(rng.random(slot.size) * counts[gb]).astype(np.int64)]
+    keep = t > 0
+    pick, t = pick[keep], t[keep]
+    stay = fleet.departure[pick] - fleet.arrival[pick]
+    ghosts = fleet.select(pick)
+    arrival = start + t.astype("timedelta64[s]")
+    ghosts = replace(ghosts, ev_id=np.array([f"ghost-{i}" for i in range(len(pick))], dtype=object),
+                     arrival=arrival, departure=arrival + stay)
+    return ghosts, None if bus is None else np.asarray(bus)[pick]
+
+
+def _joined(a: Fleet, b: Fleet) -> Fleet:
+    """The sessions of `a`, then those of `b` (which have the same fields)."""
+    values = {}
+    for f in fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if x is None or y is None:
+            values[f.name] = None
+        elif isinstance(x, pd.DataFrame):
+            values[f.name] = pd.concat([x, y], ignore_index=True)
+        else:
+            values[f.name] = np.concatenate([x, y])
+    return _unchecked(values)  # two checked fleets (a ghost's id may repeat a session's: ids are not used here)
 
 
 def _limit_groups(at: np.ndarray, bus_limits: Mapping, limit_by: Mapping) -> dict:

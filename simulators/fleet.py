@@ -16,6 +16,8 @@ line, column and value, and a `Fleet` built in Python with a ValueError naming t
     eta_charge           (0, 1]                           -     an efficiency, not a percentage
     eta_discharge        (0, 1]                           -     an efficiency, not a percentage
     departure            (arrival, arrival + 366 days]    -     a plug-in session, not a year's parking
+    departure_declared   (arrival, arrival + 366 days]    -     optional: what the driver told the app (the plan
+                                                                uses it; the session ends at `departure`)
     p_ref_kw             [-1e7, 1e7]                      kW    10 GW: more than any aggregator's fleet
     p_ref_kw, fleet      |p_ref| <= 10 x (sum of charge powers + sum of discharge powers) + 1 kW
                                                           kW    a signal far beyond what the fleet can draw or
@@ -44,7 +46,7 @@ SESSION_COLUMNS = (
     "eta_charge",
     "eta_discharge",
 )
-OPTIONAL_SESSION_COLUMNS = ("energy_min_kwh", "bus")
+OPTIONAL_SESSION_COLUMNS = ("energy_min_kwh", "bus", "departure_declared")
 NUMERIC_SESSION_COLUMNS = SESSION_COLUMNS[3:] + ("energy_min_kwh",)
 
 
@@ -134,6 +136,7 @@ class Fleet:
     energy_min_kwh: np.ndarray
     bus: np.ndarray | None = None  # int64 grid bus index per session, if known
     extra: pd.DataFrame | None = None  # any further columns of the sessions table, kept as they came
+    departure_declared: np.ndarray | None = None  # datetime64[s] the driver declared, if known (else = departure)
 
     def __post_init__(self):
         check_fleet(self)
@@ -150,24 +153,33 @@ class Fleet:
         num = {c: frame[c].to_numpy(dtype=float) for c in NUMERIC_SESSION_COLUMNS if c in frame}
         num.setdefault("energy_min_kwh", np.zeros(n))
         bus = frame["bus"].to_numpy(dtype=np.int64) if "bus" in frame else None
+        declared = _to_datetime64(frame["departure_declared"]) if "departure_declared" in frame else None
         return cls(
             ev_id=frame["ev_id"].astype(str).to_numpy(dtype=object),
             arrival=_to_datetime64(frame["arrival"]),
             departure=_to_datetime64(frame["departure"]),
             bus=bus,
             extra=frame[extra_cols].reset_index(drop=True) if extra_cols else None,
+            departure_declared=declared,
             **num,
         )
 
     def to_frame(self) -> pd.DataFrame:
         """The sessions table (the CSV format of the data conventions)."""
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("bus", "extra")}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _OPTIONAL_FIELDS}
         frame = pd.DataFrame(data)
         if self.bus is not None:
             frame["bus"] = self.bus
+        if self.departure_declared is not None:
+            frame["departure_declared"] = self.departure_declared
         if self.extra is not None:
             frame = pd.concat([frame, self.extra.reset_index(drop=True)], axis=1)
         return frame
+
+    @property
+    def departure_planned(self) -> np.ndarray:
+        """The departures an aggregator learns at plug-in: the declared ones where known, else the actual ones."""
+        return self.departure if self.departure_declared is None else self.departure_declared
 
     def select(self, index) -> "Fleet":
         """The sessions at `index` (a boolean mask or integer positions), as a new fleet."""
@@ -184,6 +196,9 @@ class Fleet:
         return _unchecked(values)  # a part of a checked fleet is as valid as the whole: not checked again
 
 
+_OPTIONAL_FIELDS = ("bus", "extra", "departure_declared")  # fields that may be None (not plain columns)
+
+
 def _unchecked(values: dict) -> Fleet:
     fleet = object.__new__(Fleet)
     for name, v in values.items():
@@ -198,8 +213,9 @@ def check_fleet(fleet: Fleet) -> None:
     n = len(ids)
     if ids.ndim != 1:
         raise ValueError(f"Fleet: ev_id must be one-dimensional, got shape {ids.shape}")
-    names = [f.name for f in fields(fleet) if f.name not in ("ev_id", "bus", "extra")]
-    for name in names + (["bus"] if fleet.bus is not None else []):
+    names = [f.name for f in fields(fleet) if f.name not in ("ev_id", *_OPTIONAL_FIELDS)]
+    given = [name for name in ("bus", "departure_declared") if getattr(fleet, name) is not None]
+    for name in names + given:
         v = getattr(fleet, name)
         if np.shape(v) != (n,):
             raise ValueError(f"Fleet: {name} has shape {np.shape(v)}, but there are {n} sessions (ev_id)")
@@ -211,7 +227,7 @@ def check_fleet(fleet: Fleet) -> None:
     def fail(mask, name, what):
         i = int(np.flatnonzero(mask)[0])
         more = int(np.count_nonzero(mask)) - 1
-        value = getattr(fleet, name)[i] if name in names or name == "bus" else ids[i]
+        value = getattr(fleet, name)[i] if name in names or name in given else ids[i]
         shown = f"{value:g}" if isinstance(value, (float, np.floating)) else str(value)
         raise ValueError(f"Fleet: session {ids[i]!s} (position {i}), {name}: {shown} {what}"
                          + (f" (and {more} more session{'s' if more > 1 else ''})" if more else ""))
@@ -250,14 +266,21 @@ def check_fleet(fleet: Fleet) -> None:
         dep = np.asarray(fleet.departure).astype("datetime64[s]")
     except (TypeError, ValueError):
         raise ValueError("Fleet: arrival and departure must be datetime64 times") from None
-    for name, t in (("arrival", arr), ("departure", dep)):
+    times = [("arrival", arr), ("departure", dep)]
+    if fleet.departure_declared is not None:
+        try:
+            times.append(("departure_declared", np.asarray(fleet.departure_declared).astype("datetime64[s]")))
+        except (TypeError, ValueError):
+            raise ValueError("Fleet: departure_declared must be datetime64 times") from None
+    for name, t in times:
         if np.isnat(t).any():
             fail(np.isnat(t), name, "is not a time (NaT)")
-    if (dep <= arr).any():
-        fail(dep <= arr, "departure", "must be after the arrival")
-    if (dep - arr > MAX_STAY).any():
-        fail(dep - arr > MAX_STAY, "departure", f"is more than {MAX_STAY // np.timedelta64(86400, 's')} days after the "
-                                                "arrival: a plug-in session, not a year's parking")
+    for name, t in times[1:]:
+        if (t <= arr).any():
+            fail(t <= arr, name, "must be after the arrival")
+        if (t - arr > MAX_STAY).any():
+            fail(t - arr > MAX_STAY, name, f"is more than {MAX_STAY // np.timedelta64(86400, 's')} days after the "
+                                           "arrival: a plug-in session, not a year's parking")
     if fleet.bus is not None:
         try:
             b = np.asarray(fleet.bus, dtype=float)

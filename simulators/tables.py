@@ -4,8 +4,9 @@ Tables (kW, kWh, fractions; times ISO 8601):
 
 - sessions: one row per plug-in session; required columns ``ev_id, arrival, departure, energy_initial_kwh,
   energy_target_kwh, capacity_kwh, p_charge_max_kw, p_discharge_max_kw, eta_charge, eta_discharge``; optional
-  ``energy_min_kwh`` (default 0; an empty cell means the default) and ``bus`` (a non-negative integer grid bus
-  index); any further columns are kept as they came.
+  ``energy_min_kwh`` (default 0; an empty cell means the default), ``bus`` (a non-negative integer grid bus
+  index) and ``departure_declared`` (the departure the driver declared, which an aggregator plans with; an empty
+  cell means the actual departure); any further columns are kept as they came.
 - reference signal: ``time, p_ref_kw`` on a regular grid of whole seconds, at least one row.
 - dispatch result (long form): ``time, ev_id, p_charge_kw, p_discharge_kw, energy_kwh``.
 
@@ -529,6 +530,7 @@ def validate_sessions(frame: pd.DataFrame, source: str = "sessions", lines=None)
     problems.add(long_stay, "departure", texts["departure"],
                  lambda i: f"is more than {MAX_STAY // np.timedelta64(86400, 's')} days after the arrival "
                            f"{texts['arrival'][i]}: a plug-in session, not a year's parking")
+    declared = _declared_departures(frame, texts, arr_ts, dep_ts, problems)
 
     # bus: a non-negative integer (3 and 3.0 both accepted)
     bus = None
@@ -550,11 +552,41 @@ def validate_sessions(frame: pd.DataFrame, source: str = "sessions", lines=None)
     out["energy_min_kwh"] = num["energy_min_kwh"]
     if bus is not None:
         out["bus"] = bus
+    if declared is not None:
+        out["departure_declared"] = declared.astype("datetime64[s]")
     known = set(SESSION_COLUMNS) | set(OPTIONAL_SESSION_COLUMNS)
     for c in frame.columns:
         if c not in known:
             out[c] = _as_came(frame[c])
     return pd.DataFrame(out)
+
+
+def _declared_departures(frame: pd.DataFrame, texts: dict, arr_ts: pd.Series, dep_ts: pd.Series,
+                         problems: "_Problems") -> pd.Series | None:
+    """The optional column departure_declared (what the driver told the app): a time after the arrival, at most
+    MAX_STAY after it, rounded down to the second like the departure; an empty cell means the actual departure.
+    None where the column is absent."""
+    if "departure_declared" not in frame.columns:
+        return None
+    col, text = frame["departure_declared"], texts["departure_declared"]
+    empty = _is_empty(col)
+    unheard = _Problems(problems.source, problems.lines, [])  # empty cells are allowed: its messages are ours
+    ts = _times(col, "departure_declared", text, unheard).dt.floor("s")
+    ts = ts.where(~empty, dep_ts)
+    bad = ts.isna().to_numpy() & ~empty
+    problems.add(bad, "departure_declared", text, "is not a valid ISO 8601 time (e.g. 2026-06-01T18:30:00), or "
+                                                  "empty for the actual departure")
+    both = (~ts.isna() & ~arr_ts.isna()).to_numpy() & ~empty
+    not_after = np.zeros(len(frame), dtype=bool)
+    not_after[both] = (ts[both] <= arr_ts[both]).to_numpy()
+    problems.add(not_after, "departure_declared", text, lambda i: f"must be after the arrival {texts['arrival'][i]}")
+    long_stay = np.zeros(len(frame), dtype=bool)
+    long_stay[both] = (ts[both] - arr_ts[both] > pd.Timedelta(seconds=int(MAX_STAY / np.timedelta64(1, "s")))
+                       ).to_numpy()
+    problems.add(long_stay, "departure_declared", text,
+                 lambda i: f"is more than {MAX_STAY // np.timedelta64(86400, 's')} days after the arrival "
+                           f"{texts['arrival'][i]}: a plug-in session, not a year's parking")
+    return ts
 
 
 def _numbers_quiet(col: pd.Series) -> np.ndarray:

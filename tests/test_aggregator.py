@@ -174,7 +174,7 @@ def test_perfect_forecast_over_the_remaining_day_matches_batch():
     t_start = T0 + np.timedelta64(16, "h")
     n = 24  # 16:00 - 22:00
     ref = synthetic_reference(fleet, start=str(t_start), step_s=900, n_steps=n, seed=11)
-    agg = Aggregator(fleet, t_start, 900, horizon=n, method="dchr")
+    agg = Aggregator(fleet, t_start, 900, horizon=n, method="dchr", arrivals="known")  # foresight, as the batch
     steps = agg.run(n, ref, perfect_forecast=True)
     rmse_rh = np.sqrt(np.mean((np.array([r.p_kw for r in steps]) - ref.p_ref_kw) ** 2))
     # Batch: the same fleet and signal in one plan, energies from the same start.
@@ -182,7 +182,7 @@ def test_perfect_forecast_over_the_remaining_day_matches_batch():
     assert agg.need_unmet_kwh == 0.0
     assert rmse_rh <= batch.rmse * 1.05 + 1e-3
     # Persistence (the current reference held) is worse or equal.
-    agg2 = Aggregator(fleet, t_start, 900, horizon=8, method="dchr")
+    agg2 = Aggregator(fleet, t_start, 900, horizon=8, method="dchr", arrivals="known")
     steps2 = agg2.run(n, ref)
     rmse_hold = np.sqrt(np.mean((np.array([r.p_kw for r in steps2]) - ref.p_ref_kw) ** 2))
     assert rmse_hold >= rmse_rh - 1e-6
@@ -334,7 +334,7 @@ def test_end_shrinks_the_horizon_and_exact_future_matches_batch():
     n = 24
     ref = synthetic_reference(fleet, start=str(t_start), step_s=900, n_steps=n, seed=5)
     end = t_start + np.timedelta64(n * 900, "s")
-    agg = Aggregator(fleet, t_start, 900, horizon=n, method="dchr", end=end)
+    agg = Aggregator(fleet, t_start, 900, horizon=n, method="dchr", end=end, arrivals="known")  # the future known
     steps = agg.run(n, ref, perfect_forecast=True)
     rmse = np.sqrt(np.mean((np.array([r.p_kw for r in steps]) - ref.p_ref_kw) ** 2))
     batch = dispatch(fleet, ref, method="dchr")
