@@ -36,7 +36,7 @@ from evagg.simulators.tables import (
     write_sessions,
 )
 
-from . import report
+from . import report, sweep
 from .errors import Interrupted, RunFailed, ScenarioError
 from .options import Options, add_arguments, from_arguments
 
@@ -340,11 +340,51 @@ def _cmd_report(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- sweep
+
+SWEEP_EPILOG = """\
+sweep folder D: runs/<grid>_<policy>_evs<N>_seed<K>/ (each a results folder of evagg run feeder_day),
+  sweep.csv (one row per run: grid, policy, evs, penetration_pct, seed, status (done | skipped: complete from
+  before | failed), error, folder, then every headline figure of its summary.json), sweep.json (the options
+  common to the runs), hosting-<grid>.png (the hosting-capacity figures against EVs or penetration, per policy).
+The same command again resumes: complete runs are skipped, the others run again.
+Exit status: 0 every run complete; 1 some run failed (its error is in sweep.csv; the others ran); 2 bad options;
+  130 Ctrl-C (sweep.csv holds the runs done)."""
+
+
+def _setup_sweep(p: argparse.ArgumentParser) -> None:
+    p.description = _describe(
+        "Run a grid of feeder studies (numbers of EVs or penetrations x seeds x policies x grids) in parallel, "
+        "on local worker processes or a Dask cluster, each into its own results folder; tabulate their headline "
+        "figures and plot the hosting-capacity figures against EVs or penetration."
+    )
+    p.epilog = SWEEP_EPILOG
+    sweep.setup(p)
+
+
+def _cmd_sweep(args) -> int:
+    try:
+        frame, failed = sweep.run(args, say=lambda m: print(f"{PROG} {m}", file=sys.stderr, flush=True))
+    except ScenarioError as exc:
+        return _usage_error(str(exc))
+    except KeyboardInterrupt:
+        print(f"{PROG}: sweep interrupted; {args.out}/{sweep.TABLE} holds the runs done (the same command "
+              "resumes)", file=sys.stderr, flush=True)
+        return 130
+    print(sweep.table_text(frame))
+    print(f"results: {args.out}", flush=True)
+    if failed:
+        return _error(f"{failed} of {len(frame)} runs failed; their errors are in {args.out}/{sweep.TABLE}", 1)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- plumbing
 
 SUBCOMMANDS = {
     "run": ("run a feeder study in mosaik (feeder_day, grid_impact, remote): results, summary, plots", _setup_run,
             _cmd_run),
+    "sweep": ("run a grid of feeder studies in parallel (local processes or Dask): sweep.csv, hosting plots",
+              _setup_sweep, _cmd_sweep),
     "report": ("re-make the summary, plots and table of a results folder", _setup_report, _cmd_report),
     "dispatch": ("dispatch a fleet to follow a reference signal, write the result table", _setup_dispatch,
                  _cmd_dispatch),

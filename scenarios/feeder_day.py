@@ -42,7 +42,7 @@ from pathlib import Path
 import mosaik
 import numpy as np
 
-from evagg.plugin import connect_buses, connect_operator, connect_peak_shaver, operator_groups
+from evagg.plugin import connect_buses, connect_operator, connect_peak_shaver, operator_groups, supervised_run
 from evagg.simulators.peak_shaving import flat_level_kw
 from evagg.simulators.reference import Reference
 from evagg.simulators.synthetic import synthetic_reference
@@ -72,8 +72,11 @@ GRID_OUTPUTS = {"Bus": ("Vm[pu]", "P[MW]"), "Line": ("loading[%]",), "Transforme
                 "ExternalGrid": ("P[MW]",)}
 
 
-def remote_aggregator_config() -> dict:
-    """sim_config entry that starts an aggregator in its own process: the evagg-mosaik console script."""
+def remote_aggregator_config(address: str | None = None) -> dict:
+    """sim_config entry of an aggregator in its own process: the evagg-mosaik console script started by mosaik, or
+    (`address`) one already waiting there (``evagg-mosaik -r HOST:PORT``)."""
+    if address is not None:
+        return {"connect": address}
     beside = Path(sys.executable).parent / "evagg-mosaik"  # the same installation as this process's evagg
     script = str(beside) if beside.exists() else shutil.which("evagg-mosaik")
     exe = shlex.quote(script) if script else f"{shlex.quote(sys.executable)} -m evagg.plugin"
@@ -123,6 +126,8 @@ def build_world(opts: Options, pol: Policy, out: Path, aggs: list[dict], on_step
     config = dict(SIM_CONFIG)
     if opts.remote:
         config["EVAgg"] = remote_aggregator_config()
+        # connect: one waiting process per aggregator, each its own sim_config entry (the ids stay EVAgg-<i>)
+        config.update({f"EVAgg@{i}": remote_aggregator_config(a) for i, a in enumerate(opts.connect or ())})
     world = mosaik.World(config, time_resolution=1.0, mosaik_config={"start_timeout": 120, "stop_timeout": 30},
                          debug=False, skip_greetings=True)
     iterative = pol.grid_aware and opts.coupling == "iterative"
@@ -142,7 +147,9 @@ def build_world(opts: Options, pol: Policy, out: Path, aggs: list[dict], on_step
             grid_buses = [int(c.eid.split("-", 1)[1]) for c in grid.children if c.type == "Bus"]
             for a in (aggs if pol.reference != "none" else []):
                 sessions = str((out / a["sessions"]).resolve())  # absolute: an aggregator process may run elsewhere
-                agg_sim = world.start("EVAgg", step_size=step, start_date=start, **same_step)
+                starter = f"EVAgg@{a['index']}" if opts.connect else "EVAgg"
+                agg_sim = world.start(starter, sim_id=f"EVAgg-{a['index']}", step_size=step, start_date=start,
+                                      **same_step)
                 agg = agg_sim.Aggregator(sessions=sessions, method=pol.method, horizon=opts.horizon,
                                          grid_buses=grid_buses, arrivals=opts.arrivals,
                                          arrivals_seed=a["arrivals_seed"])
@@ -253,7 +260,9 @@ def simulate(opts: Options, policy: Policy, out: Path, aggs: list[dict], progres
         try:
             world, _ = build_world(opts, policy, out, aggs, on_step=progress, peak_target_kw=peak_target)
             record["setup_s"] = elapsed(t0)
-            world.run(until=opts.until, print_progress=False, shutdown=False)
+            # supervised: a remote aggregator that dies or stops answering ends the run (mosaik alone may hang)
+            supervised_run(world, opts.until, answer_timeout=opts.answer_timeout if opts.remote else None,
+                           print_progress=False, shutdown=False)
         except KeyboardInterrupt:
             ctrl_c.pressed = True
         except Exception as exc:

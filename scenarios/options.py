@@ -118,7 +118,7 @@ class Policy(str):
 class Option:
     """One option: how it is read and checked, its range, its help and its flag on `evagg run`."""
 
-    kind: str  # int | number | text | choice | policy | policies | band | time | flag
+    kind: str  # int | number | text | choice | policy | policies | band | time | flag | addresses
     help: str
     label: str = ""  # what an error calls it (default: the name with spaces)
     lo: float | None = None
@@ -182,6 +182,8 @@ class Option:
             return policies
         if self.kind == "band":
             return _band(value)
+        if self.kind == "addresses":
+            return _addresses(value, self.what())
         if self.kind == "time":
             return _time(value)
         if self.kind == "flag":
@@ -272,6 +274,13 @@ class Options:
                             cli_absent="auto")
     plots: bool = option(True, "flag", "skip the PNG plots (evagg report DIR makes them later)", flag="--no-plots")
     remote: bool = option(False, "flag", "each aggregator in its own process (the remote scenario)", flag=None)
+    connect: tuple | None = option(None, "addresses", "remote: the aggregators already wait for mosaik at these "
+                                   "addresses, one each (started with evagg-mosaik -r HOST:PORT), instead of "
+                                   "processes that mosaik starts", metavar="HOST:PORT,...",
+                                   default_text="mosaik starts them (cmd)")
+    answer_timeout: float = option(120.0, "number", "remote: seconds an aggregator process may leave a call "
+                                   "unanswered before the run ends as failed (one that dies, or is stopped, ends "
+                                   "it at once)", lo=1.0, hi=86400.0, metavar="SECONDS")
 
     @property
     def step_s(self) -> int:
@@ -313,6 +322,7 @@ class Options:
         d["method"] = self.method.name
         d["policies"] = [p.name for p in self.policies]
         d["v_band"] = list(self.v_band)
+        d["connect"] = None if self.connect is None else list(self.connect)
         d["step_s"] = self.step_s
         d["n_steps"] = self.n_steps
         return d
@@ -343,6 +353,16 @@ class Options:
             v["steps"] = OPTIONS["steps"].check(given["steps"], hi=v["days"] * 86400 // round(step_s))
         if v["sessions"] is not None:
             _with_own_sessions(v, given, round(step_s))
+        if v["connect"] is not None:  # one waiting aggregator process per address
+            if scenario != "remote":
+                raise ScenarioError(f"{OPTIONS['connect'].cli_flag} is for the remote scenario")
+            if "aggregators" in given and v["aggregators"] != len(v["connect"]):
+                raise ScenarioError(f"{OPTIONS['connect'].cli_flag} gives {len(v['connect'])} address(es) for "
+                                    f"{v['aggregators']} aggregators ({OPTIONS['aggregators'].cli_flag})")
+            v["aggregators"] = len(v["connect"])
+            if v["evs"] < v["aggregators"]:
+                raise ScenarioError(f"{OPTIONS['connect'].cli_flag}: {len(v['connect'])} aggregators need at "
+                                    f"least as many EVs, got {v['evs']}")
         if v["aggregators"] > v["evs"]:  # every aggregator has at least one EV
             if "aggregators" in given:  # asked for: an aggregator with no EV would follow a signal with nothing
                 raise ScenarioError(f"{OPTIONS['aggregators'].cli_flag} {v['aggregators']} is more than the "
@@ -417,10 +437,13 @@ OPTIONS: dict[str, Option] = {
 }
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser, exclude=()) -> None:
     """The options as arguments of an argparse parser (`evagg run`): the scenario as the positional, every other
-    option with a flag as --<flag> read as text (checked by `Options.make`, so that its errors name the flag)."""
+    option with a flag as --<flag> read as text (checked by `Options.make`, so that its errors name the flag).
+    `exclude`: names of options the parser gives otherwise (`evagg sweep`: its lists of EVs, seeds, ...)."""
     for opt in OPTIONS.values():
+        if opt.name in exclude:
+            continue
         if opt.name == "scenario":
             parser.add_argument("scenario", nargs="?", default=opt.default, metavar=opt.metavar,
                                 help=opt.help_text())
@@ -432,11 +455,11 @@ def add_arguments(parser) -> None:
             parser.add_argument(opt.cli_flag, dest=opt.name, default=None, metavar=opt.metavar, help=opt.help_text())
 
 
-def from_arguments(args) -> dict:
-    """The options given on the command line (`add_arguments`'s parser), for `Options.make`."""
+def from_arguments(args, exclude=()) -> dict:
+    """The options given on the command line (`add_arguments`'s parser, the same `exclude`), for `Options.make`."""
     given = {}
     for opt in OPTIONS.values():
-        if opt.cli_flag is None:
+        if opt.cli_flag is None or opt.name in exclude:
             continue
         value = getattr(args, opt.name)
         if opt.kind == "flag":
@@ -487,6 +510,20 @@ def _band(band) -> tuple:
     if len(band) != 2 or not all(math.isfinite(x) for x in band) or not 0 < band[0] < band[1]:
         raise ScenarioError(f"voltage band {band} must be two numbers 0 < LO < HI in pu")
     return band
+
+
+def _addresses(value, what: str) -> tuple:
+    """HOST:PORT,... (text or a sequence) as a tuple of "HOST:PORT" strings."""
+    parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else [str(p).strip() for p in value]
+    for part in parts:
+        host, colon, port = part.rpartition(":")
+        if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
+            raise ScenarioError(f"{what}: {part!r} is not an address HOST:PORT (e.g. 127.0.0.1:5678)")
+    if not parts:
+        raise ScenarioError(f"{what}: no address given")
+    if len(set(parts)) < len(parts):
+        raise ScenarioError(f"{what}: an address is given twice (each aggregator waits at its own)")
+    return tuple(parts)
 
 
 def _time(start) -> str:

@@ -23,6 +23,7 @@ HEAVY = {
     "pyomo",  # the exact method's MIQP (simulators/exact.py)
     "pandapower", "simbench", "networkx",  # grids and their topology (simulators/grids.py, simulators/operator.py)
     "pyarrow",  # Parquet tables (simulators/collector.py)
+    "distributed",  # Dask: `evagg sweep --scheduler` (scenarios/sweep.py)
     "matplotlib",  # the plots (scenarios/report.py: the Agg backend is chosen before pyplot is imported)
     "evagg.plugin.pandapower_grid",  # SimbenchGridSim (pandapower), handed out lazily by evagg.plugin
 }
