@@ -213,12 +213,14 @@ def test_help_explains_every_option(capsys, command):
                 "--aggregators", "--signal", "--start", "--horizon", "--forecast", "--v-band", "--policies", "--steps",
                 "--sessions"],
         "report": ["DIR"],
+        "sweep": ["--evs", "--penetration", "--seeds", "--policies", "--grids", "--out", "--workers", "--scheduler",
+                  "--steps", "--sessions", "--arrivals"],
         "import": ["FILE", "--out", "--energy", "--capacity-kwh", "--soc-initial", "--v2g-share", "--charger-kw",
                    "--seed", "--strict"],
     }[command]
     for option in parser_options:
         assert option in stdout
-    if command in ("run", "report"):  # the scenarios' options and results folder (tests/test_scenarios.py)
+    if command in ("run", "report", "sweep"):  # the scenarios' options and results folder (tests/test_scenarios.py)
         assert "summary.json" in stdout
         return
     if command == "import":  # the formats read and the table written

@@ -304,7 +304,8 @@ def test_round_trip_dispatch_and_run(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["n_sessions"] == 9 and summary["skipped"] == 0 and summary["departure_declared"]
     fleet = read_sessions(sessions)
-    assert fleet.bus is None and list(fleet.extra.columns) == ["departure_declared", "station"]
+    # departure_declared is a column the reader parses (what the plan uses), station is kept as text
+    assert fleet.bus is None and list(fleet.extra.columns) == ["station"] and fleet.departure_declared is not None
 
     signal = tmp_path / "signal.csv"
     start = np.datetime64("2018-04-25T11:00:00")
