@@ -156,6 +156,8 @@ def test_a_lost_connect_aggregator_ends_the_run(tmp_path, fault):
     assert code == 1, stderr
     message = error_line(stderr)
     assert f"simulator EVAgg-1 (connected to {addresses[1]})" in message, message
-    assert ("closed its connection" if fault == "kill" else "did not answer its") in message, message
+    # a killed process's socket ends by EOF or by a reset, whichever the kernel delivers first: both are the loss
+    said = ("closed its connection", "lost its connection") if fault == "kill" else ("did not answer its",)
+    assert any(words in message for words in said), message
     assert react < REACT_S + (3 if fault == "stop" else 0), react
     check_failed_folder(out, before, f"connected to {addresses[1]}")
