@@ -408,7 +408,7 @@ class Aggregator:
                                       groups=_limit_groups(at, bus_limits, limit_by or {}))
             method = "uncontrolled" if mode == "uncontrolled" else self.method
             res = dispatch(sub, Reference(now, self.step_td, plan_ref), method=method,
-                           time_limit_s=self.time_limit_s, problem=problem, limits=limits)
+                           time_limit_s=self.time_limit_s, problem=problem, limits=limits, applied_steps=1)
             status, message, lowered = res.status, res.message, res.needs_lowered_kwh
             pc0, pd0 = res.pc[:, 0], res.pd[:, 0]  # (ghosts: 0, their arrival lies ahead)
             if limits is not None:

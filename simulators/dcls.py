@@ -321,7 +321,12 @@ class RelaxedQP:
         self.Dh = np.sqrt(D)
         n_rows = (1 + self.R) * self.T
         if self.R:
-            M = np.einsum("ca,cb,ctu->atbu", self.B, self.B, M).reshape(n_rows, n_rows)
+            # sum_c B[c,a] B[c,b] M[c] for every pair of rows (a, b): one matrix product over the classes
+            # (a three-operand einsum loops over all of them: measured 3.8 ms of a 5 ms Newton step, 14 rows)
+            A = self.B.shape[1]
+            pairs = (self.B[:, :, None] * self.B[:, None, :]).reshape(C, A * A)
+            M = (pairs.T @ M.reshape(C, -1)).reshape(A, A, self.T, self.T).transpose(0, 2, 1, 3)
+            M = M.reshape(n_rows, n_rows)
         else:
             M = M[0]
         dh = self.Dh.ravel()
@@ -553,10 +558,11 @@ class RelaxedQP:
 
 
 def solve_dcls(problem: Problem, p_ref_kw: np.ndarray, *, time_limit_s: float | None = None,
-               start: RelaxedSolution | None = None):
+               start: RelaxedSolution | None = None, applied_steps: int | None = None):
     """DC-LS dispatch: the decomposed relaxation, then disjunctive cuts until integer-feasible. `start`: a relaxed
-    answer on this problem's grid to warm-start from (see `shifted`)."""
-    return dispatch_by_cuts(problem, p_ref_kw, RelaxedQP(problem, p_ref_kw), time_limit_s, start=start)
+    answer on this problem's grid to warm-start from (see `shifted`); `applied_steps`: see integer.cut_and_fix."""
+    return dispatch_by_cuts(problem, p_ref_kw, RelaxedQP(problem, p_ref_kw), time_limit_s, start=start,
+                            applied_steps=applied_steps)
 
 
 def shifted(solution: RelaxedSolution, k: int, n_steps: int) -> RelaxedSolution:

@@ -37,12 +37,14 @@ class Method:
     rule: bool = False  # a dispatch rule, not an optimiser: under grid limits it keeps the limits and meets the
     # needs as far as its rule then does (an optimiser first lowers the needs as little as possible, `reconcile`)
     warm_start: bool = False  # takes `start=` a relaxed answer on the problem's grid (see dcls.shifted)
+    applied_steps: bool = False  # takes `applied_steps=`: judges its integer rounds on the first steps only
     description: str = ""
 
 
 METHODS = {
-    "dcls": Method(solve_dcls, warm_start=True, description="decomposition-coordination least squares"),
-    "dchr": Method(solve_dchr, description="the hull relaxation as one sparse QP (PIQP)"),
+    "dcls": Method(solve_dcls, warm_start=True, applied_steps=True,
+                   description="decomposition-coordination least squares"),
+    "dchr": Method(solve_dchr, applied_steps=True, description="the hull relaxation as one sparse QP (PIQP)"),
     "exact": Method(solve_exact, description="the MIQP by SCIP"),
     "uncontrolled": Method(solve_uncontrolled, rule=True, description="charge flat out on arrival"),
     "edf": Method(solve_edf, rule=True, description="earliest deadline first"),
@@ -159,6 +161,7 @@ def dispatch(
     problem: Problem | None = None,
     warm_start=None,
     limits: Limits | None = None,
+    applied_steps: int | None = None,
 ) -> DispatchResult:
     """Dispatch `fleet` to follow `reference` over the reference's whole horizon with `method`.
 
@@ -169,6 +172,8 @@ def dispatch(
     `limits` (or `problem.limits`): hard grid limits on the net power of the fleet and of sets of its EVs (see
     limits.py). Where they leave departure needs out of reach, the needs give way (grid first): the result's
     `needs_lowered_kwh` and `message` say by how much.
+    `applied_steps`: a receding horizon applies only the plan's first steps and re-plans the rest; dcls and dchr
+    then judge their mode-fixing rounds on those steps (integer.cut_and_fix). The whole plan stays feasible.
     """
     info = method_info(method)
     if problem is None:
@@ -186,6 +191,8 @@ def dispatch(
         problem, limit_note = reconcile(problem)
     try:
         options = {"start": warm_start} if warm_start is not None and info.warm_start else {}
+        if applied_steps is not None and info.applied_steps:
+            options["applied_steps"] = applied_steps
         out = info.solve(problem, p_ref, time_limit_s=time_limit_s, **options)
     except Exception as exc:  # a solver must never crash the caller: fall back and say why
         log.exception("dispatch method %s failed", method)
@@ -231,14 +238,17 @@ def _uncontrolled(problem: Problem):
 
 
 def _fallback(problem: Problem, p_ref: np.ndarray, message: str) -> MethodOutput:
-    """A feasible dispatch when a method failed: uncontrolled charging (curtailed by the limits, if any), or, where
-    that breaks a limit or a need, the L1 tracking LP's answer (feasible by construction)."""
-    out = solve_uncontrolled(problem, p_ref)
-    out.status, out.message = "fallback", message + "; fell back to uncontrolled"
-    if problem.limits is not None and any(problem.violations(out.pc, out.pd).values()):
+    """A feasible dispatch when a method failed: uncontrolled charging; under grid limits first the L1 tracking LP's
+    answer (feasible by construction, and it still follows the reference: in a receding horizon, an optimiser's
+    plan whose repair broke a limit at a later step would otherwise hand the applied step to uncontrolled
+    charging), then uncontrolled charging curtailed by the limits."""
+    if problem.limits is not None:
         lp = tracking_lp(problem, p_ref)
         if lp is not None:
             pc, pd = make_feasible(problem, *lp)
-            out = MethodOutput(pc=pc, pd=pd, status="fallback",
-                               message=message + "; fell back to the L1 tracking LP within the limits")
+            if not any(problem.violations(pc, pd).values()):
+                return MethodOutput(pc=pc, pd=pd, status="fallback",
+                                    message=message + "; fell back to the L1 tracking LP within the limits")
+    out = solve_uncontrolled(problem, p_ref)
+    out.status, out.message = "fallback", message + "; fell back to uncontrolled"
     return out

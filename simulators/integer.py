@@ -36,7 +36,7 @@ _GOLDEN = 0.5 * (np.sqrt(5.0) - 1.0)
 
 
 def cut_and_fix(problem: Problem, p_ref: np.ndarray, solve_relaxed, max_solves: int = MAX_RELAXED_SOLVES,
-                deadline: float | None = None):
+                deadline: float | None = None, applied_steps: int | None = None):
     """Solve the relaxation (`solve_relaxed(has_c, has_d, start=None) -> RelaxedSolution`), then fix the modes of
     the EV-steps it leaves in both modes and solve again, at most `max_solves` times in all; every answer is
     netted and repaired to an exactly feasible dispatch, and the best one is returned.
@@ -50,6 +50,12 @@ def cut_and_fix(problem: Problem, p_ref: np.ndarray, solve_relaxed, max_solves: 
     it, alternating in time, with phases that differ between EVs so that at every step some of them charge while
     others discharge. The next solve then re-plans every power around those modes.
 
+    `applied_steps`: in a receding horizon only the plan's first steps are applied, and the rest is re-planned from
+    the measured state before it is applied, so dispatches are compared by their tracking error on those steps
+    (the whole plan's breaks ties), and netting that loses nothing there needs no further round. Measured on the
+    re-plans of a 1,000-EV feeder day: the rounds never improved the applied step (they made it worse by 2-10 %
+    of its error in the 3 of 19 sampled re-plans that ran them).
+
     Returns (pc, pd, first_solution, relaxed_solves, message)."""
     plugged = problem.plugged
     can_c = plugged & (problem.pc_max[:, None] > 0)
@@ -57,24 +63,30 @@ def cut_and_fix(problem: Problem, p_ref: np.ndarray, solve_relaxed, max_solves: 
     first = solve_relaxed(can_c, can_d)
     bound = max(first.lower_bound, 0.0) if np.isfinite(first.lower_bound) else 0.0
     best, messages, solves = None, [], 1
+    judged = slice(0, applied_steps)  # the steps a dispatch is judged on (all of them without applied_steps)
 
     def keep(sol):
         nonlocal best
         pc, pd = make_feasible(problem, sol.pc, sol.pd)
-        value = tracking_sse(pc, pd, p_ref)
+        value = (tracking_sse(pc[:, judged], pd[:, judged], p_ref[judged]), tracking_sse(pc, pd, p_ref))
         if problem.limits is not None and np.any(np.abs(problem.limits.excess_kw(pc, pd)) > LIMIT_TOL):
-            value = np.inf  # the repair pushed a grid limit over: kept only if nothing better turns up
+            value = (np.inf, np.inf)  # the repair pushed a grid limit over: kept only if nothing better turns up
         if best is None or value < best[0]:
             best = (value, pc, pd)
-        return value
+        return value[0]
 
     value = keep(first)
     conflict = (first.pc > CONFLICT_KW) & (first.pd > CONFLICT_KW)
     # Netting lost (almost) nothing against the relaxed answer: its conflicts were ties, not needs.
-    relaxed_value = tracking_sse(first.pc, first.pd, p_ref)
-    if conflict.any() and value > relaxed_value + GOOD_ENOUGH * max(relaxed_value, 1.0):
+    relaxed_value = tracking_sse(first.pc[:, judged], first.pd[:, judged], p_ref[judged])
+    # On applied steps the scale is the reference's there too: a few watts lost on one step of a large fleet's
+    # signal (0.3 kW of 1,084 kW, measured) would otherwise buy two more relaxed solves that cannot recover them.
+    scale = relaxed_value + (0.0 if applied_steps is None else float(p_ref[judged] @ p_ref[judged]))
+    if conflict.any() and value > relaxed_value + GOOD_ENOUGH * max(scale, 1.0):
         for rounding in ROUNDINGS:
-            if solves >= max_solves or best[0] <= bound + CLOSE_TO_BOUND * max(bound, 1.0):
+            # (the bound is the whole plan's: it says when to stop only where the whole plan is judged)
+            if solves >= max_solves or (applied_steps is None
+                                        and best[0][0] <= bound + CLOSE_TO_BOUND * max(bound, 1.0)):
                 break
             if deadline is not None and time.perf_counter() > deadline:
                 messages.append(f"time limit after {solves} relaxed solves")
@@ -131,7 +143,7 @@ def _dithered_charge(problem: Problem, sol, conflict: np.ndarray, has_c: np.ndar
 
 
 def dispatch_by_cuts(problem: Problem, p_ref_kw: np.ndarray, relaxation, time_limit_s: float | None = None,
-                     start=None):
+                     start=None, applied_steps: int | None = None):
     """A method's whole run: `relaxation.solve(has_c, has_d, deadline=...)` inside mode-fixing rounds, and the
     status it has earned: optimal only when the integer-feasible SSE meets the relaxation's proven bound."""
     deadline = None if time_limit_s is None else time.perf_counter() + time_limit_s
@@ -145,7 +157,8 @@ def dispatch_by_cuts(problem: Problem, p_ref_kw: np.ndarray, relaxation, time_li
         iterations += sol.iterations
         return sol
 
-    pc, pd, first, solves, message = cut_and_fix(problem, p_ref, solve_relaxed, deadline=deadline)
+    pc, pd, first, solves, message = cut_and_fix(problem, p_ref, solve_relaxed, deadline=deadline,
+                                                 applied_steps=applied_steps)
     notes = [m for m in (first.message, message) if m]
     sse = tracking_sse(pc, pd, p_ref)
     # The SSE is a sum of squares: a bound below 0 (an inexact certificate of an optimum near 0) is 0.

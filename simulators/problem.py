@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .fleet import Fleet
-from .limits import Limits
+from .limits import LIMIT_TOL, Limits
 
 # Every constraint must hold to this (kW / kWh), the spec's exactness.
 FEASIBILITY_TOL = 1e-6
@@ -210,7 +210,44 @@ def make_feasible(problem: Problem, pc: np.ndarray, pd: np.ndarray) -> tuple[np.
     """The nearest-at-hand exactly feasible dispatch to a nearly feasible one (a solver's answer within its
     tolerances, or a rounded relaxation): clip powers to their bounds and windows, net out simultaneous charge and
     discharge, cut power where energy would leave [floor, cap], then add charging as late as headroom allows where
-    a departure need is short. Vectorised over EVs; loops over steps only."""
+    a departure need is short. Under grid limits, where that broke a row's bound (netting stores energy the answer
+    burned, and the capacity cut then lowers a bus's net power, measured in a feeder's re-plans), the row's members
+    discharge less (below P_min) or charge less (above P_max) at that step, and the rest is repaired again: at most
+    LIMIT_REPAIR_ROUNDS times. Vectorised over EVs; loops over steps only."""
+    pc, pd = _within_bounds(problem, pc, pd)
+    limits = problem.limits
+    for _ in range(LIMIT_REPAIR_ROUNDS if limits is not None else 0):
+        excess = limits.excess_kw(pc, pd)
+        if not np.any(np.abs(excess) > LIMIT_TOL):
+            break
+        # The share of its members' discharge (charge) that each row must give up at each step, with a margin that
+        # lands it strictly inside; an EV in several such rows gives up the largest share (at most all of it).
+        below, above = np.maximum(-excess, 0.0), np.maximum(excess, 0.0)
+        rows_d, rows_c = np.asarray(limits.members @ pd), np.asarray(limits.members @ pc)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cut_d = np.where(below > LIMIT_TOL, np.minimum((below + LIMIT_TOL) / rows_d, 1.0), 0.0)
+            cut_c = np.where(above > LIMIT_TOL, np.minimum((above + LIMIT_TOL) / rows_c, 1.0), 0.0)
+        member = limits.members.T.tocsr()
+        pd = pd * (1.0 - _largest_per_ev(member, cut_d))
+        pc = pc * (1.0 - _largest_per_ev(member, cut_c))
+        pc, pd = _within_bounds(problem, pc, pd)
+    return pc, pd
+
+
+LIMIT_REPAIR_ROUNDS = 5
+
+
+def _largest_per_ev(member, share: np.ndarray) -> np.ndarray:
+    """(N, T): for each EV and step, the largest `share` (R, T) among the rows it is a member of (`member`: (N, R))."""
+    out = np.zeros((member.shape[0], share.shape[1]))
+    for r in np.flatnonzero(share.max(axis=1, initial=0.0) > 0):  # only the rows with a broken bound
+        evs = member[:, r].nonzero()[0]
+        out[evs] = np.maximum(out[evs], share[r][None, :])
+    return out
+
+
+def _within_bounds(problem: Problem, pc: np.ndarray, pd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """make_feasible without the grid limits."""
     plugged = problem.plugged
     pc = np.where(plugged, np.clip(pc, 0.0, problem.pc_max[:, None]), 0.0)
     pd = np.where(plugged, np.clip(pd, 0.0, problem.pd_max[:, None]), 0.0)

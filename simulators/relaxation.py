@@ -185,13 +185,15 @@ def _serve(conn, problem, p_ref_kw):
         conn.send(qp.solve(has_c, has_d))
 
 
-def solve_dchr(problem: Problem, p_ref_kw: np.ndarray, *, time_limit_s: float | None = None):
+def solve_dchr(problem: Problem, p_ref_kw: np.ndarray, *, time_limit_s: float | None = None,
+               applied_steps: int | None = None):
     """DCHR dispatch: the central hull relaxation (PIQP), then mode-fixing rounds until integer-feasible."""
     ev_steps = int(problem.plugged.sum())
     qp_class = CentralQP if ev_steps <= IN_PROCESS_MAX_EV_STEPS else _WorkerQP
     try:
-        return dispatch_by_cuts(problem, p_ref_kw, qp_class(problem, p_ref_kw), time_limit_s)
+        return dispatch_by_cuts(problem, p_ref_kw, qp_class(problem, p_ref_kw), time_limit_s,
+                                applied_steps=applied_steps)
     except RuntimeError as exc:  # the PIQP worker died: the same relaxation, decomposed, is the next best answer
-        out = solve_dcls(problem, p_ref_kw, time_limit_s=time_limit_s)
+        out = solve_dcls(problem, p_ref_kw, time_limit_s=time_limit_s, applied_steps=applied_steps)
         out.status, out.message = "fallback", f"dchr failed ({exc}); solved by dcls instead"
         return out

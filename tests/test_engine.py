@@ -307,3 +307,50 @@ def test_a_reference_followed_exactly_has_a_bound_of_zero_and_no_absurd_gap():
     assert res.lower_bound >= 0.0
     assert res.sse < 1e-3 * float(ref.p_ref_kw @ ref.p_ref_kw)
     assert 0.0 <= res.gap_to_bound < 1.0
+
+
+def test_the_repair_keeps_grid_limits_that_netting_would_break():
+    """Netting an EV-step that charges and discharges at once stores the energy it burned; where that EV is nearly
+    full, the capacity cut lowers its bus's net power, and a bus that may not export (P_min = 0) would then export
+    through a neighbour's discharge: the repair makes that neighbour discharge less."""
+    fleet = fleet_frame([
+        ["a", "2026-06-01T00:00:00", "2026-06-01T01:00:00", 39.9, 0, 40, 10, 10, 0.9, 0.9, 0],
+        ["b", "2026-06-01T00:00:00", "2026-06-01T01:00:00", 20.0, 0, 40, 10, 10, 0.9, 0.9, 0],
+    ])
+    plain = Problem.build(fleet, START, STEP, 4)
+    limits = Limits.build(2, 4, groups={"bus 1": (np.array([True, True]), 0.0, None)})
+    limited = plain.with_limits(limits)
+    pc = np.array([[10.0, 0, 0, 0], [0, 0, 0, 0]])
+    pd = np.array([[9.0, 0, 0, 0], [0.5, 0, 0, 0]])  # bus net +0.5 kW: within P_min = 0
+    assert limits.excess_kw(pc, pd).min() >= 0
+    assert limits.excess_kw(*make_feasible(plain, pc, pd)).min() < 0  # the repair that ignores the limits breaks it
+    pc2, pd2 = make_feasible(limited, pc, pd)
+    assert not any(limited.violations(pc2, pd2).values())
+    assert pd2[1, 0] > 0  # b still discharges, as little less as the limit asks
+
+
+def test_a_receding_horizon_judges_the_mode_fixing_on_the_applied_step():
+    """Only the plan's first step is applied; netting that loses tracking at a later step only (an EV nearly full
+    there) needs no mode-fixing round when the plan is judged on its applied step, and one otherwise."""
+    from evagg.simulators.integer import cut_and_fix
+    from evagg.simulators.results import RelaxedSolution
+
+    fleet = fleet_frame([["a", "2026-06-01T00:00:00", "2026-06-01T01:00:00", 39.0, 0, 40, 10, 10, 0.9, 0.9, 0]])
+    problem = Problem.build(fleet, START, STEP, 4)
+    # relaxed: charge 4 kW at step 0 (0.9 kWh, to 39.9 kWh), then burn at step 1: 10 in, 9 out (net +1 kW)
+    answer = RelaxedSolution(pc=np.array([[4.0, 10.0, 0, 0]]), pd=np.array([[0, 9.0, 0, 0]]), lower_bound=0.0,
+                             iterations=1, converged=True)
+    p_ref = np.array([4.0, 1.0, 0, 0])
+    calls = []
+
+    def solve_relaxed(has_c, has_d, start=None):
+        calls.append((has_c, has_d))
+        return answer
+
+    pc, pd, _, solves, _ = cut_and_fix(problem, p_ref, solve_relaxed, applied_steps=1)
+    assert solves == 1 and len(calls) == 1
+    assert pc[0, 0] - pd[0, 0] == pytest.approx(4.0)  # the applied step follows the reference
+    assert not any(problem.violations(pc, pd).values())
+    calls.clear()
+    _, _, _, solves_whole, _ = cut_and_fix(problem, p_ref, solve_relaxed)
+    assert solves_whole > 1 and len(calls) == solves_whole  # judged on the whole plan, netting step 1 costs a round
