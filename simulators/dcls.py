@@ -39,11 +39,12 @@ from .results import RelaxedSolution, idle_solution
 EPS_THROUGHPUT = 1e-6
 RHO_RIDGE = 1e-7
 ENERGY_SLACK_KWH = 1e-6
-REFINE_PASSES = 4  # one solve plus three rounds of iterative refinement per Newton direction (measured: with one
-# round the final dual residual leaves the proven bound 1.4 kW^2 below the optimum on a 50-EV day, with three 0.01)
-REFINE_BELOW = 1e-3  # one round of refinement once the relative residuals are below this, all REFINE_PASSES
-REFINE_MORE_BELOW = 1e-5  # ... below this (the last steps, which set the multipliers the bound is proven from)
-REFINE_PASSES_LIMITS = 4  # with grid limit rows: refined at every step (measured: 2 passes stall at 1e-2 to 1e-4)
+REFINE_PASSES = 4  # at most one solve plus three rounds of iterative refinement per Newton direction (measured:
+# with one round the final dual residual leaves the proven bound 1.4 kW^2 below the optimum on a 50-EV day, with three
+# 0.01; without refinement while the merit was above 1e-3, a PV-surplus day of 200 EVs stalled at 1e-2)
+REFINE_TO = 1e-10  # ... refined until the augmented residuals are below this share of the right-hand side, or, far
+REFINE_MERIT = 1e-4  # from the optimum, below this share of it times the merit (measured on 200-EV days: as many
+# solves as refining by the merit's size did, half of them under grid limits, and the surplus day converged)
 # Residuals and duality gap relative to the problem's scale below which an answer counts as the optimum (the
 # tolerance aimed at is `solve(tol=1e-6)`); the lower bound is proven from the final multipliers whatever they are.
 ACCURATE_ENOUGH = 1e-4
@@ -52,6 +53,7 @@ STALL_ITERATIONS = 10  # once near (STALL_BELOW) or long at it: stop when the be
 STALL_BELOW = 1e-2  # this many steps: it is stuck (far from the optimum the merit may rise for a while first)
 WARM_MARGIN = 1e-2  # how far a warm start is pushed back into the interior (slacks relative to their scale, multipliers)
 PRIMAL_REG = 1e-4  # the Newton matrix's primal regularisation, relative to the aggregate coupling (see _factor)
+SAFE_ELL_DROP = 600.0  # how far ell may fall over a window for exp(-ell), exp(ell) as factors (e^600 < 1e261)
 _CHUNK_ELEMENTS = 1 << 21  # EVs x steps^2 per dense block batch (16 MiB of float64)
 _GEMM_EVS = 20_000  # EVs per batch of the coordinator's matrix product (two EVs x T factors)
 
@@ -137,6 +139,7 @@ class RelaxedQP:
         # Objective scale: gradients of O(1) keep the interior-point tolerances meaningful for any fleet size.
         self.kappa = 1.0 / max(1.0, float(np.max(np.abs(self.p_ref), initial=0.0)), float(self.Pc.sum()) / max(self.T, 1))
         self.delta = PRIMAL_REG * 2 * self.kappa
+        self._upper_t = np.triu(np.ones((self.T, self.T), dtype=bool), 1)
 
     def _limit_rows(self, problem: Problem, active: np.ndarray) -> np.ndarray:
         """Set up the grid limit rows (see limits.py) this problem has: R rows with a finite bound at a step where
@@ -270,9 +273,20 @@ class RelaxedQP:
         decay = np.ones((n, L))
         decay[:, 1:] = 1.0 / (1.0 + u)
         self.g_diag = Gdiag
-        self.g_omr_t = np.ascontiguousarray(one_minus_rho.T)
-        self.g_v_t = np.ascontiguousarray(V.T)
-        self.g_decay_t = np.ascontiguousarray(decay.T)
+        valid, gidx, cls = lay.valid, lay.gidx, self.cls
+        last = np.maximum(lay.length - 1, 0)
+        safe = -ell[np.arange(n), last] <= SAFE_ELL_DROP
+        # G's off-diagonal part as two factors, G[j,k] = A_j B_k for j < k (see M below), where neither can
+        # overflow: applied by two cumulative sums over the window instead of 2 L sweeps (at 200 EVs over 96 steps
+        # the sweeps were 1,800 array operations per interior-point iteration). The other EVs keep the sweeps.
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.g_A = np.where(valid & safe[:, None], one_minus_rho * np.exp(-ell), 0.0)
+        self.g_B = np.where(valid & safe[:, None], V * np.exp(ellprev), 0.0)
+        self.g_swept = np.flatnonzero(~safe)
+        sw = self.g_swept
+        self.g_omr_t = np.ascontiguousarray(one_minus_rho[sw].T)
+        self.g_v_t = np.ascontiguousarray(V[sw].T)
+        self.g_decay_t = np.ascontiguousarray(decay[sw].T)
         C = self.B.shape[0]
         M = np.zeros((C, self.T, self.T))  # per class of limit rows: sum_i J_i K_i^-1 J_i^T
         # Each EV's J K^-1 J^T is diag(c^2 Gdiag + direct) plus c G c off the diagonal, and c G c's upper part is
@@ -280,15 +294,12 @@ class RelaxedQP:
         # neither can overflow (ell falls by at most 600 over the window). Placed on the aggregate grid, the sum
         # of those outer products over the fleet is one matrix product per class; only its upper triangle is
         # meant (each EV's entries there have j < k), the rest is discarded.
-        valid, gidx, cls = lay.valid, lay.gidx, self.cls
-        last = np.maximum(lay.length - 1, 0)
-        safe = -ell[np.arange(n), last] <= 600.0
         diag = np.where(valid, c * c * Gdiag + direct, 0.0)
-        np.add.at(M, (np.broadcast_to(cls[:, None], gidx.shape)[valid], gidx[valid], gidx[valid]), diag[valid])
-        with np.errstate(over="ignore", invalid="ignore"):
-            left = np.where(valid & safe[:, None], -c * one_minus_rho * np.exp(-ell), 0.0)
-        right = np.where(valid, c * V * np.exp(ellprev), 0.0)
-        upper_t = np.triu(np.ones((self.T, self.T), dtype=bool), 1)
+        T = self.T
+        M += np.bincount((cls[:, None] * (T * T) + gidx * (T + 1))[valid], weights=diag[valid],
+                         minlength=C * T * T).reshape(C, T, T)  # onto each class's diagonal
+        left, right = -c * self.g_A, c * self.g_B
+        upper_t = self._upper_t
         for k in range(C):
             rows = np.flatnonzero(safe & (cls == k))
             for s in range(0, len(rows), _GEMM_EVS):  # bounded memory: (EVs x T) factors per batch
@@ -348,22 +359,34 @@ class RelaxedQP:
 
     def _apply_G(self, y):
         """G y per EV for (n, L) y, in O(L) per EV: G[j,k] = -(1-rho_{j-1}) V_k exp(ell_{k-1} - ell_j) for j < k,
-        symmetric, diagonal Gdiag (see _factor). Its upper and lower parts are first-order recursions along the
-        window whose factors exp(ell_j - ell_{j-1}) lie in (0, 1]: no overflow, no cancellation, no L x L block."""
-        omr, v, decay = self.g_omr_t, self.g_v_t, self.g_decay_t
-        y_t = y.T
-        out = (self.g_diag * y).T.copy()
-        vy, wy = v * y_t, omr * y_t
-        L = y_t.shape[0]
-        r = np.zeros(y_t.shape[1])
-        for j in range(L - 2, -1, -1):  # upper: R_j = V_{j+1} y_{j+1} + decay_{j+1} R_{j+1}
-            r = vy[j + 1] + decay[j + 1] * r
-            out[j] -= omr[j] * r
-        q = np.zeros(y_t.shape[1])
-        for k in range(1, L):  # lower: Q_k = (1-rho) y at k-1 + decay_{k-1} Q_{k-1}
-            q = wy[k - 1] + decay[k - 1] * q
-            out[k] -= v[k] * q
-        return out.T
+        symmetric, diagonal Gdiag (see _factor). Where its factors A_j = (1-rho_j) exp(-ell_j), B_k = V_k
+        exp(ell_{k-1}) cannot overflow (ell falls by at most 600 over the window): G y = Gdiag y - A (sum_{k>j} B_k
+        y_k) - B (sum_{j<k} A_j y_j), two cumulative sums. Elsewhere its upper and lower parts are first-order
+        recursions along the window whose factors exp(ell_j - ell_{j-1}) lie in (0, 1]: no overflow, no L x L block."""
+        out = self.g_diag * y
+        by, ay = self.g_B * y, self.g_A * y
+        after = np.zeros_like(y)  # sum over k > j of B_k y_k: a suffix sum, small terms (far in the window) first
+        after[:, :-1] = np.cumsum(by[:, :0:-1], axis=1)[:, ::-1]
+        before = np.zeros_like(y)  # sum over j < k of A_j y_j
+        before[:, 1:] = np.cumsum(ay[:, :-1], axis=1)
+        out -= self.g_A * after + self.g_B * before
+        sw = self.g_swept
+        if sw.size:
+            omr, v, decay = self.g_omr_t, self.g_v_t, self.g_decay_t
+            y_t = y[sw].T
+            swept = (self.g_diag[sw] * y[sw]).T.copy()
+            vy, wy = v * y_t, omr * y_t
+            L = y_t.shape[0]
+            r = np.zeros(y_t.shape[1])
+            for j in range(L - 2, -1, -1):  # upper: R_j = V_{j+1} y_{j+1} + decay_{j+1} R_{j+1}
+                r = vy[j + 1] + decay[j + 1] * r
+                swept[j] -= omr[j] * r
+            q = np.zeros(y_t.shape[1])
+            for k in range(1, L):  # lower: Q_k = (1-rho) y at k-1 + decay_{k-1} Q_{k-1}
+                q = wy[k - 1] + decay[k - 1] * q
+                swept[k] -= v[k] * q
+            out[sw] = swept.T
+        return out
 
     def _newton(self, gc, gd):
         # Woodbury: N^-1 g = K^-1 g - K^-1 U^T D^1/2 S^-1 D^1/2 U K^-1 g
@@ -472,10 +495,13 @@ class RelaxedQP:
 
             def direction(rc, passes=REFINE_PASSES):
                 # The Newton system in augmented form [H, -G^T; G, S/Z] [dx; dz] = [q1; q2], solved through the
-                # reduced (H + G^T W G) dx = q1 + G^T W q2, with one round of iterative refinement on the augmented
-                # residuals: those stay well scaled when barrier weights W span many orders of magnitude.
+                # reduced (H + G^T W G) dx = q1 + G^T W q2, then refined on the augmented residuals (those stay well
+                # scaled when barrier weights W span many orders of magnitude) until they are small against the
+                # right-hand side (REFINE_TO, REFINE_MERIT), at most `passes` solves: the conditioning says when.
                 q1c, q1d = -rdc, -rdd
                 q2 = np.where(mask, -rp - rc / np.where(mask, z, 1.0), 0.0)
+                size = max(REFINE_TO, REFINE_MERIT * merit) * max(
+                    float(np.max(np.abs(q1c))), float(np.max(np.abs(q1d))), float(np.max(np.abs(W * q2))), 1e-300)
                 dpc = dpd = dz = None
                 for _ in range(passes):
                     if dz is None:
@@ -485,6 +511,9 @@ class RelaxedQP:
                         GTdz = self._GT(dz)
                         e1c, e1d = q1c - (Hc - GTdz[0]), q1d - (Hd - GTdz[1])
                         e2 = (q2 - (self._G(dpc, dpd) + s_over_z * dz)) * mask
+                        if max(float(np.max(np.abs(e1c))), float(np.max(np.abs(e1d))),
+                               float(np.max(np.abs(W * e2)))) <= size:
+                            break
                     GTv = self._GT(W * e2)
                     xc, xd = self._newton(e1c + GTv[0], e1d + GTv[1])
                     ez = W * (e2 - self._G(xc, xd)) * mask
@@ -507,11 +536,7 @@ class RelaxedQP:
             mu_aff = float(np.sum((s + a_aff * ds_a) * (z + a_aff * dz_a) * mask)) / m
             sigma = (mu_aff / mu) ** 3
             rc = (s * z + ds_a * dz_a - sigma * mu) * mask
-            # Refinement pays only late, when barrier weights spread over many orders of magnitude; with grid limit
-            # rows always, and more of it: their weights enter the coordinator's system, which then loses accuracy.
-            passes = REFINE_PASSES_LIMITS if self.R else (REFINE_PASSES if merit < REFINE_MORE_BELOW else
-                                                          2 if merit < REFINE_BELOW else 1)
-            dpc, dpd, ds, dz = direction(rc, passes=passes)
+            dpc, dpd, ds, dz = direction(rc)
             step = min(1.0, 0.99 * max_step(ds, dz))
             pc, pd = pc + step * dpc, pd + step * dpd
             s = np.where(mask, s + step * ds, 1.0)

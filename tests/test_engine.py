@@ -109,6 +109,31 @@ def test_decomposed_newton_step_equals_the_dense_solve(with_limits):
     assert np.max(np.abs(got - expected)) <= 1e-8 * np.max(np.abs(expected))
 
 
+def test_the_chain_products_by_sums_equal_the_sweeps(monkeypatch):
+    """Each EV's chain matrix G is applied by two cumulative sums where its factors cannot overflow, by sweeps
+    where they could (energy rows weighted as heavily as late in a solve): both give the same G y."""
+    from evagg.simulators import dcls
+
+    fleet = synthetic_fleet(8, seed=3, v2g_share=0.5)
+    ref = synthetic_reference(fleet, seed=3)
+    qp = RelaxedQP(Problem.build(fleet, ref.start, ref.step, ref.n_steps), ref.p_ref_kw)
+    lay = qp.lay
+    qp.hc = lay.to_layout(qp.can_c, False).astype(bool)
+    qp.hd = lay.to_layout(qp.can_d, False).astype(bool)
+    rng = np.random.default_rng(0)
+    W = np.exp(rng.uniform(-6, 6, size=(5, lay.n, lay.L))) * lay.valid
+    W[3:, :2] *= 1e12  # two EVs whose factors exp(-ell) would overflow
+    y = rng.normal(size=(lay.n, lay.L)) * lay.valid
+    qp._factor(W.ravel())
+    assert 0 < qp.g_swept.size < lay.n  # both ways in one product
+    mixed = qp._apply_G(y)
+    monkeypatch.setattr(dcls, "SAFE_ELL_DROP", -1.0)  # every EV by the sweeps
+    qp._factor(W.ravel())
+    assert qp.g_swept.size == lay.n
+    swept = qp._apply_G(y)
+    assert np.max(np.abs(mixed - swept)) <= 1e-12 * np.max(np.abs(swept))
+
+
 @pytest.mark.parametrize("kind", ["regulation", "surplus"])
 def test_decomposed_and_central_relaxations_agree(fleet50, kind):
     ref = synthetic_reference(fleet50, seed=7, kind=kind)
