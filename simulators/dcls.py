@@ -59,47 +59,81 @@ _GEMM_EVS = 20_000  # EVs per batch of the coordinator's matrix product (two EVs
 
 
 class _Layout:
-    """Active EVs with each window shifted to start at column 0 and padded to L columns, ordered in chunks of
-    similar window length (so that dense per-EV T x T blocks waste little), by `key` (the EV's class of grid limit
-rows) and by first step within a chunk."""
+    """The active EVs' plugged steps as one flat array of EV-steps (no padding: work and memory grow with the
+    EV-steps, not with EVs x the longest window), ordered by position in the window, then by EV: the EVs sorted
+    longest window first (then by `key`, the EV's class of grid limit rows, and by first step), so that the EVs
+    still plugged at window position j are a prefix of length cnt[j] of position j's block. A chain along each
+    EV's window (a cumulative sum, a recursion of the Newton step) is then one slice operation per position."""
 
     def __init__(self, problem: Problem, active: np.ndarray, key: np.ndarray | None = None):
         length = (problem.stop - problem.first)[active]
         first = problem.first[active]
-        bucket = np.minimum(-(-np.maximum(length, 1) // 8) * 8, max(int(length.max(initial=1)), 1))
         key = np.zeros(len(first), np.int64) if key is None else key[active]
-        order = np.lexsort((first, key, bucket))  # within a chunk: EVs of one limit class, then by first step
+        order = np.lexsort((first, key, -length))
         self.key = key[order]
         self.idx = np.flatnonzero(active)[order]
         self.first = first[order]
-        self.length = length[order]
-        bucket = bucket[order]
+        self.length = np.maximum(length[order], 1)  # an active EV is plugged at one step at least
         self.n = len(self.idx)
         self.L = int(self.length.max(initial=1))
-        cols = np.arange(self.L)
-        self.valid = cols[None, :] < self.length[:, None]
-        self.gidx = np.where(self.valid, self.first[:, None] + cols[None, :], 0)
-        self.chunks = []
-        start = 0
-        while start < self.n:
-            lc = int(bucket[start])
-            end = start + 1
-            cap_n = max(1, _CHUNK_ELEMENTS // (lc * lc))
-            while end < self.n and bucket[end] == lc and end - start < cap_n:
-                end += 1
-            self.chunks.append((start, end, lc))
-            start = end
+        # cnt[j]: EVs whose window reaches position j; off[j]: where position j's block starts
+        self.cnt = self.n - np.cumsum(np.bincount(self.length, minlength=self.L + 1))[:self.L]
+        self.off = np.concatenate([[0], np.cumsum(self.cnt)])
+        self.M = int(self.off[-1])
+        self.pos = np.repeat(np.arange(self.L), self.cnt)
+        self.ev = np.arange(self.M) - self.off[self.pos]
+        self.gidx = self.first[self.ev] + self.pos
+        self.last = self.off[self.length - 1] + np.arange(self.n)  # each EV's last step
+        self.has_prev = self.pos > 0
+        self.prev = np.where(self.has_prev, self.off[np.maximum(self.pos - 1, 0)] + self.ev, 0)
+        self.has_next = self.pos + 1 < self.length[self.ev]
+        self.next = np.where(self.has_next, self.off[np.minimum(self.pos + 1, self.L)] + self.ev, 0)
+        self._blocks = [(int(self.off[j]), int(self.cnt[j])) for j in range(self.L)]
 
-    def to_layout(self, full: np.ndarray, fill=0) -> np.ndarray:
-        """(N, T) array -> (n, L) windowed."""
-        out = full[self.idx[:, None], self.gidx]
-        return np.where(self.valid, out, fill)
+    def to_layout(self, full: np.ndarray) -> np.ndarray:
+        """(N, T) array -> (M,) EV-steps."""
+        return full[self.idx[self.ev], self.gidx]
 
-    def to_full(self, win: np.ndarray, n_evs: int, n_steps: int) -> np.ndarray:
+    def to_full(self, flat: np.ndarray, n_evs: int, n_steps: int) -> np.ndarray:
         out = np.zeros((n_evs, n_steps))
-        rows = np.broadcast_to(self.idx[:, None], win.shape)
-        out[rows[self.valid], self.gidx[self.valid]] = win[self.valid]
+        out[self.idx[self.ev], self.gidx] = flat
         return out
+
+    def per_ev(self, values: np.ndarray) -> np.ndarray:
+        """(n,) per active EV -> (M,) on each of its steps."""
+        return values[self.ev]
+
+    def before(self, x: np.ndarray) -> np.ndarray:
+        """The value at each EV's previous step (0 at its first), along the last axis."""
+        return np.where(self.has_prev, x[..., self.prev], 0.0)
+
+    def after(self, x: np.ndarray) -> np.ndarray:
+        """The value at each EV's next step (0 at its last), along the last axis."""
+        return np.where(self.has_next, x[..., self.next], 0.0)
+
+    def cumsum(self, x: np.ndarray) -> np.ndarray:
+        """Each EV's running sum along its window (the last axis holds EV-steps)."""
+        y = np.array(x, dtype=float, copy=True)
+        blocks = self._blocks
+        for j in range(1, self.L):
+            (o, c), (op, _) = blocks[j], blocks[j - 1]
+            y[..., o:o + c] += y[..., op:op + c]
+        return y
+
+    def rcumsum(self, x: np.ndarray) -> np.ndarray:
+        """Each EV's sum from each step to its window's end: the small terms far in the window first."""
+        y = np.array(x, dtype=float, copy=True)
+        blocks = self._blocks
+        for j in range(self.L - 2, -1, -1):
+            (o, _), (on, cn) = blocks[j], blocks[j + 1]
+            y[..., o:o + cn] += y[..., on:on + cn]
+        return y
+
+    def padded_index(self, evs: np.ndarray) -> np.ndarray:
+        """(len(evs), L) flat positions of these EVs' steps, -1 past each window's end (for the few EVs whose
+        chain products need dense blocks or sweeps)."""
+        j = np.arange(self.L)
+        return np.where(j[None, :] < self.length[evs, None], self.off[j][None, :] + evs[:, None], -1)
 
 
 class RelaxedQP:
@@ -120,26 +154,35 @@ class RelaxedQP:
         self.lay = lay = _Layout(problem, active, classes)
         self.cls = lay.key
         i = lay.idx
-        self.Pc = problem.pc_max[i][:, None]
-        self.Pd = problem.pd_max[i][:, None]
-        self.a = problem.charge_gain[i][:, None]
-        self.b = problem.discharge_cost[i][:, None]
-        self.e0 = problem.e0[i][:, None]
-        lo = np.broadcast_to(problem.floor[i][:, None], (lay.n, lay.L)).copy()
-        last = lay.length - 1
-        rows = np.arange(lay.n)
-        lo[rows, last] = np.maximum(problem.floor[i], problem.need_end[i])
+        per_step = lambda v: lay.per_ev(v[i])  # noqa: E731  (an EV's value on each of its steps)
+        self.Pc = per_step(problem.pc_max)
+        self.Pd = per_step(problem.pd_max)
+        self.a = per_step(problem.charge_gain)
+        self.b = per_step(problem.discharge_cost)
+        self.e0 = per_step(problem.e0)
+        lo = per_step(problem.floor)
+        lo[lay.last] = np.maximum(problem.floor[i], problem.need_end[i])
         # Energy bounds widened by ENERGY_SLACK_KWH: an EV that arrives full, or must charge flat out to meet its
         # need, has no interior (its multipliers would be unbounded); the final repair restores the exact bounds.
         self.lo = lo - ENERGY_SLACK_KWH
-        self.hi = np.broadcast_to(problem.cap[i][:, None], (lay.n, lay.L)) + ENERGY_SLACK_KWH
+        self.hi = per_step(problem.cap) + ENERGY_SLACK_KWH
         with np.errstate(divide="ignore"):
             self.ic = np.where(self.Pc > 0, 1.0 / self.Pc, 0.0)
             self.id = np.where(self.Pd > 0, 1.0 / self.Pd, 0.0)
         # Objective scale: gradients of O(1) keep the interior-point tolerances meaningful for any fleet size.
-        self.kappa = 1.0 / max(1.0, float(np.max(np.abs(self.p_ref), initial=0.0)), float(self.Pc.sum()) / max(self.T, 1))
+        self.kappa = 1.0 / max(1.0, float(np.max(np.abs(self.p_ref), initial=0.0)),
+                               float(problem.pc_max[i].sum()) / max(self.T, 1))
         self.delta = PRIMAL_REG * 2 * self.kappa
         self._upper_t = np.triu(np.ones((self.T, self.T), dtype=bool), 1)
+        self.cls_step = lay.per_ev(self.cls)
+        self.row_keys = self.cls_step * self.T + lay.gidx  # (class, step) of each EV-step, for the row sums
+        self.hc = self.hd = None  # the mode restrictions being solved for: set by `_set_modes`
+
+    def _set_modes(self, has_c: np.ndarray, has_d: np.ndarray):
+        """Solve for these mode restrictions ((N, T) bool, within what each EV-step can do) from now on: the
+        linear maps below (_GT, _Kinv, _factor) act on the allowed EV-steps only."""
+        self.hc = self.lay.to_layout(has_c & self.can_c).astype(bool)
+        self.hd = self.lay.to_layout(has_d & self.can_d).astype(bool)
 
     def _limit_rows(self, problem: Problem, active: np.ndarray) -> np.ndarray:
         """Set up the grid limit rows (see limits.py) this problem has: R rows with a finite bound at a step where
@@ -171,32 +214,27 @@ class RelaxedQP:
         return cls
 
     def _split(self, v):
-        """A flat row vector -> (per-EV rows (5, n, L), limit rows (2, R, T)), as views."""
-        v, k = np.ravel(v), 5 * self.lay.n * self.lay.L
-        return v[:k].reshape(5, self.lay.n, self.lay.L), v[k:].reshape(2, self.R, self.T)
+        """A flat row vector -> (per-EV-step rows (5, M), limit rows (2, R, T)), as views."""
+        v, k = np.ravel(v), 5 * self.lay.M
+        return v[:k].reshape(5, self.lay.M), v[k:].reshape(2, self.R, self.T)
 
     def _rows(self, pc, pd):
         """(1 + R, T): the fleet's aggregate and each limit row's net power."""
-        lay, C = self.lay, self.B.shape[0]
-        net = (pc - pd)[lay.valid]
-        keys = (self.cls[:, None] * self.T + lay.gidx)[lay.valid]
-        per_class = np.bincount(keys, weights=net, minlength=C * self.T).reshape(C, self.T)
+        C = self.B.shape[0]
+        per_class = np.bincount(self.row_keys, weights=pc - pd, minlength=C * self.T).reshape(C, self.T)
         return self.B.T @ per_class
 
     def _spread(self, w):
-        """J_rows^T w for row prices w (1 + R, T): each EV-step's sum over its rows, (n, L)."""
-        per_class = self.B @ w
-        return per_class[self.cls[:, None], self.lay.gidx] * self.lay.valid
+        """J_rows^T w for row prices w (1 + R, T): each EV-step's sum over its rows, (M,)."""
+        return (self.B @ w)[self.cls_step, self.lay.gidx]
 
     # -- the linear maps -------------------------------------------------------------------------------------
     def _aggregate(self, pc, pd):
-        lay = self.lay
-        net = (pc - pd)[lay.valid]
-        return np.bincount(lay.gidx[lay.valid], weights=net, minlength=self.T)
+        return np.bincount(self.lay.gidx, weights=pc - pd, minlength=self.T)
 
     def _G(self, pc, pd):
-        """Row values G x (without h), flat: the five per-EV row kinds (5, n, L), then the limit rows (2, R, T)."""
-        e = np.cumsum(self.a * pc - self.b * pd, axis=1)
+        """Row values G x (without h), flat: the five per-EV-step row kinds (5, M), then the limit rows (2, R, T)."""
+        e = self.lay.cumsum(self.a * pc - self.b * pd)
         out = np.stack([pc, pd, -(pc * self.ic + pd * self.id), e, -e]).ravel()
         if self.R:
             P = self._rows(pc, pd)[1:]
@@ -204,9 +242,9 @@ class RelaxedQP:
         return out
 
     def _GT(self, v):
-        """G^T v for flat row multipliers v -> (gc, gd)."""
+        """G^T v for flat row multipliers v -> (gc, gd), on the allowed EV-steps (`_set_modes`)."""
         v, vr = self._split(v)
-        w = np.cumsum((v[3] - v[4])[:, ::-1], axis=1)[:, ::-1]
+        w = self.lay.rcumsum(v[3] - v[4])
         gc = v[0] - v[2] * self.ic + self.a * w
         gd = v[1] - v[2] * self.id - self.b * w
         if self.R:
@@ -236,57 +274,55 @@ class RelaxedQP:
         self.BEc, self.BEd = a * i11 - b * i12, a * i12 - b * i22  # B^-1 E^T, E = (a, -b)
         self.i11, self.i12, self.i22 = i11, i12, i22
         beta = self.BEc - self.BEd
-        gamma = np.where(lay.valid, a * self.BEc - b * self.BEd, 1.0)
+        gamma = a * self.BEc - b * self.BEd
         both = hc & hd
         # J B^-1 J^T - beta^2/gamma = (a - b)^2 / (det B * gamma) for two-variable steps, 0 for one: no cancellation
         direct = np.where(both, (a - b) ** 2 / (det * gamma), 0.0)
         self.gamma = gamma
         c = beta / gamma
-        We = np.where(lay.valid, W[3] + W[4], 0.0)
-        n, L = lay.n, lay.L
-        # Left stiffness: node j tied to ground through springs 1/gamma and energy weights We.
-        SL = np.empty((n, L))
-        SL[:, 0] = 1.0 / gamma[:, 0]
-        for j in range(1, L):
-            SL[:, j] = 1.0 / (gamma[:, j] + 1.0 / (SL[:, j - 1] + We[:, j - 1]))
-        SR = np.zeros((n, L))
-        for j in range(L - 2, -1, -1):
-            t = We[:, j + 1] + SR[:, j + 1]
-            SR[:, j] = t / (1.0 + gamma[:, j + 1] * t)
+        We = W[3] + W[4]
+        # Left stiffness: node j tied to ground through springs 1/gamma and energy weights We; right stiffness
+        # likewise from the window's end. One slice per window position (the EVs still plugged there).
+        SL = np.empty(lay.M)
+        SR = np.zeros(lay.M)
+        o, n0 = lay._blocks[0]
+        SL[o:o + n0] = 1.0 / gamma[o:o + n0]
+        for j in range(1, lay.L):
+            (o, cj), (op, _) = lay._blocks[j], lay._blocks[j - 1]
+            SL[o:o + cj] = 1.0 / (gamma[o:o + cj] + 1.0 / (SL[op:op + cj] + We[op:op + cj]))
+        for j in range(lay.L - 2, -1, -1):
+            (o, _), (on, cn) = lay._blocks[j], lay._blocks[j + 1]
+            t = We[on:on + cn] + SR[on:on + cn]
+            SR[o:o + cn] = t / (1.0 + gamma[on:on + cn] * t)
         Xd = 1.0 / (SL + We + SR)  # diagonal of A^-1
-        one_minus_rho = np.ones((n, L))
-        u = gamma[:, 1:] * (SL[:, :-1] + We[:, :-1])
-        one_minus_rho[:, 1:] = u / (1.0 + u)
-        ell = np.zeros((n, L))
-        ell[:, 1:] = -np.cumsum(np.log1p(u), axis=1)
-        t = We[:, 1:] + SR[:, 1:]
-        sigma = np.zeros((n, L))
-        sigma[:, 1:] = gamma[:, 1:] * t / (1.0 + gamma[:, 1:] * t)
-        Xprev = np.zeros((n, L))
-        Xprev[:, 1:] = Xd[:, :-1]
-        Gdiag = Xd * one_minus_rho + Xprev * sigma
-        V = Xprev * sigma  # G[j,k] = -(1-rho_{j-1}) * V_k * exp(ell_{k-1} - ell_j), j < k
-        ellprev = np.zeros((n, L))
-        ellprev[:, 1:] = ell[:, :-1]
+        u = gamma * lay.before(SL + We)  # 0 at each EV's first step
+        one_minus_rho = np.where(lay.has_prev, u / (1.0 + u), 1.0)
+        ell = -lay.cumsum(np.log1p(u))
+        t = We + SR
+        sigma = np.where(lay.has_prev, gamma * t / (1.0 + gamma * t), 0.0)
+        V = lay.before(Xd) * sigma  # G[j,k] = -(1-rho_{j-1}) * V_k * exp(ell_{k-1} - ell_j), j < k
+        Gdiag = Xd * one_minus_rho + V
+        ellprev = lay.before(ell)
         # For applying G (see _apply_G) by two sweeps: its diagonal, the factors of its off-diagonal part and the
-        # decay exp(ell_j - ell_{j-1}) = 1 / (1 + u_j) in (0, 1], all transposed to (L, n) for the sweeps.
-        decay = np.ones((n, L))
-        decay[:, 1:] = 1.0 / (1.0 + u)
+        # decay exp(ell_j - ell_{j-1}) = 1 / (1 + u_j) in (0, 1].
+        decay = 1.0 / (1.0 + u)
         self.g_diag = Gdiag
-        valid, gidx, cls = lay.valid, lay.gidx, self.cls
-        last = np.maximum(lay.length - 1, 0)
-        safe = -ell[np.arange(n), last] <= SAFE_ELL_DROP
+        gidx, cls = lay.gidx, self.cls_step
+        safe = -ell[lay.last] <= SAFE_ELL_DROP
+        safe_step = lay.per_ev(safe)
         # G's off-diagonal part as two factors, G[j,k] = A_j B_k for j < k (see M below), where neither can
         # overflow: applied by two cumulative sums over the window instead of 2 L sweeps (at 200 EVs over 96 steps
         # the sweeps were 1,800 array operations per interior-point iteration). The other EVs keep the sweeps.
         with np.errstate(over="ignore", invalid="ignore"):
-            self.g_A = np.where(valid & safe[:, None], one_minus_rho * np.exp(-ell), 0.0)
-        self.g_B = np.where(valid & safe[:, None], V * np.exp(ellprev), 0.0)
+            self.g_A = np.where(safe_step, one_minus_rho * np.exp(-ell), 0.0)
+            self.g_B = np.where(safe_step, V * np.exp(ellprev), 0.0)
         self.g_swept = np.flatnonzero(~safe)
-        sw = self.g_swept
-        self.g_omr_t = np.ascontiguousarray(one_minus_rho[sw].T)
-        self.g_v_t = np.ascontiguousarray(V[sw].T)
-        self.g_decay_t = np.ascontiguousarray(decay[sw].T)
+        pidx = lay.padded_index(self.g_swept)  # (swept EVs, L), -1 past a window's end
+        self.g_pidx = pidx
+        pad = lambda x: np.where(pidx >= 0, x[np.maximum(pidx, 0)], 0.0)  # noqa: E731
+        self.g_omr_t = np.ascontiguousarray(pad(one_minus_rho).T)
+        self.g_v_t = np.ascontiguousarray(pad(V).T)
+        self.g_decay_t = np.ascontiguousarray(pad(decay).T)
         C = self.B.shape[0]
         M = np.zeros((C, self.T, self.T))  # per class of limit rows: sum_i J_i K_i^-1 J_i^T
         # Each EV's J K^-1 J^T is diag(c^2 Gdiag + direct) plus c G c off the diagonal, and c G c's upper part is
@@ -294,34 +330,44 @@ class RelaxedQP:
         # neither can overflow (ell falls by at most 600 over the window). Placed on the aggregate grid, the sum
         # of those outer products over the fleet is one matrix product per class; only its upper triangle is
         # meant (each EV's entries there have j < k), the rest is discarded.
-        diag = np.where(valid, c * c * Gdiag + direct, 0.0)
+        diag = c * c * Gdiag + direct
         T = self.T
-        M += np.bincount((cls[:, None] * (T * T) + gidx * (T + 1))[valid], weights=diag[valid],
+        M += np.bincount(cls * (T * T) + gidx * (T + 1), weights=diag,
                          minlength=C * T * T).reshape(C, T, T)  # onto each class's diagonal
         left, right = -c * self.g_A, c * self.g_B
         upper_t = self._upper_t
         for k in range(C):
-            rows = np.flatnonzero(safe & (cls == k))
+            rows = np.flatnonzero(safe & (self.cls == k))
             for s in range(0, len(rows), _GEMM_EVS):  # bounded memory: (EVs x T) factors per batch
                 r = rows[s:s + _GEMM_EVS]
-                lg = np.zeros((len(r), self.T))
-                rg = np.zeros((len(r), self.T))
-                vr = valid[r]
-                at = (np.broadcast_to(np.arange(len(r))[:, None], vr.shape)[vr], gidx[r][vr])
-                lg[at], rg[at] = left[r][vr], right[r][vr]
+                rank = np.full(lay.n, -1)
+                rank[r] = np.arange(len(r))
+                at = rank[lay.ev]
+                sel = at >= 0
+                lg = np.zeros((len(r), T))
+                rg = np.zeros((len(r), T))
+                lg[at[sel], gidx[sel]], rg[at[sel], gidx[sel]] = left[sel], right[sel]
                 M[k] += np.where(upper_t, lg.T @ rg, 0.0)
-        # EVs whose factors could overflow: one exp per entry, a chunk of similar windows at a time.
-        for s, e, lc in lay.chunks:
-            idx = s + np.flatnonzero(~safe[s:e])
-            if not idx.size:
-                continue
+        # EVs whose factors could overflow: one exp per entry, a batch of similar windows at a time (the layout
+        # puts the longest first).
+        sw = self.g_swept
+        s = 0
+        while s < sw.size:
+            lc = int(lay.length[sw[s]])
+            idx = sw[s:s + max(1, _CHUNK_ELEMENTS // (lc * lc))]
+            s += len(idx)
+            p = pidx[s - len(idx):s, :lc]
+            inside = p >= 0
+            p0 = np.maximum(p, 0)
             jj = np.arange(lc)
-            expo = np.where(jj[:, None] < jj[None, :], ellprev[idx, None, :lc] - ell[idx, :lc, None], -np.inf)
-            Mb = -(c * one_minus_rho)[idx, :lc, None] * (c * V)[idx, None, :lc] * np.exp(expo)
-            cols = gidx[idx, :lc]
-            for b in range(len(idx)):
-                w = int(lay.length[idx[b]])
-                M[cls[idx[b]]][np.ix_(cols[b, :w], cols[b, :w])] += Mb[b, :w, :w]
+            upper = (jj[:, None] < jj[None, :]) & inside[:, :, None] & inside[:, None, :]
+            expo = np.where(upper, ellprev[p0][:, None, :] - ell[p0][:, :, None], -np.inf)
+            Mb = -np.where(inside, (c * one_minus_rho)[p0], 0.0)[:, :, None] \
+                * np.where(inside, (c * V)[p0], 0.0)[:, None, :] * np.exp(expo)
+            cols = gidx[p0]
+            for bb in range(len(idx)):
+                w = int(lay.length[idx[bb]])
+                M[self.cls[idx[bb]]][np.ix_(cols[bb, :w], cols[bb, :w])] += Mb[bb, :w, :w]
         M = M + np.transpose(np.triu(M, 1), (0, 2, 1))  # the lower triangles from the upper (triu works per class)
         # Coordinator over the aggregate and the limit rows, with D = (2 kappa, D_r): (I + D^1/2 U K^-1 U^T D^1/2),
         # U K^-1 U^T's block (a, b) being the sum of the classes in both rows a and b. Without limits this is
@@ -358,23 +404,23 @@ class RelaxedQP:
         return (xc - mu * self.BEc) * self.hc, (xd - mu * self.BEd) * self.hd
 
     def _apply_G(self, y):
-        """G y per EV for (n, L) y, in O(L) per EV: G[j,k] = -(1-rho_{j-1}) V_k exp(ell_{k-1} - ell_j) for j < k,
+        """G y per EV for (M,) y, in O(L) per EV: G[j,k] = -(1-rho_{j-1}) V_k exp(ell_{k-1} - ell_j) for j < k,
         symmetric, diagonal Gdiag (see _factor). Where its factors A_j = (1-rho_j) exp(-ell_j), B_k = V_k
         exp(ell_{k-1}) cannot overflow (ell falls by at most 600 over the window): G y = Gdiag y - A (sum_{k>j} B_k
         y_k) - B (sum_{j<k} A_j y_j), two cumulative sums. Elsewhere its upper and lower parts are first-order
         recursions along the window whose factors exp(ell_j - ell_{j-1}) lie in (0, 1]: no overflow, no L x L block."""
+        lay = self.lay
         out = self.g_diag * y
-        by, ay = self.g_B * y, self.g_A * y
-        after = np.zeros_like(y)  # sum over k > j of B_k y_k: a suffix sum, small terms (far in the window) first
-        after[:, :-1] = np.cumsum(by[:, :0:-1], axis=1)[:, ::-1]
-        before = np.zeros_like(y)  # sum over j < k of A_j y_j
-        before[:, 1:] = np.cumsum(ay[:, :-1], axis=1)
+        after = lay.after(lay.rcumsum(self.g_B * y))  # sum over k > j of B_k y_k: small terms (far in the window) first
+        before = lay.before(lay.cumsum(self.g_A * y))  # sum over j < k of A_j y_j
         out -= self.g_A * after + self.g_B * before
-        sw = self.g_swept
-        if sw.size:
+        if self.g_swept.size:
+            pidx = self.g_pidx
+            inside = pidx >= 0
+            p0 = np.maximum(pidx, 0)
             omr, v, decay = self.g_omr_t, self.g_v_t, self.g_decay_t
-            y_t = y[sw].T
-            swept = (self.g_diag[sw] * y[sw]).T.copy()
+            y_t = np.where(inside, y[p0], 0.0).T
+            swept = np.where(inside, (self.g_diag * y)[p0], 0.0).T.copy()
             vy, wy = v * y_t, omr * y_t
             L = y_t.shape[0]
             r = np.zeros(y_t.shape[1])
@@ -385,7 +431,7 @@ class RelaxedQP:
             for k in range(1, L):  # lower: Q_k = (1-rho) y at k-1 + decay_{k-1} Q_{k-1}
                 q = wy[k - 1] + decay[k - 1] * q
                 swept[k] -= v[k] * q
-            out[sw] = swept.T
+            out[pidx[inside]] = swept.T[inside]
         return out
 
     def _newton(self, gc, gd):
@@ -409,30 +455,27 @@ class RelaxedQP:
         lay, k = self.lay, self.kappa
         if lay.n == 0:
             return idle_solution(self.problem.n_evs, self.p_ref)
-        hc_full = self.can_c if has_c is None else (has_c & self.can_c)
-        hd_full = self.can_d if has_d is None else (has_d & self.can_d)
-        self.hc = lay.to_layout(hc_full, False).astype(bool)
-        self.hd = lay.to_layout(hd_full, False).astype(bool)
-        hc, hd, valid = self.hc, self.hd, lay.valid
+        self._set_modes(self.can_c if has_c is None else has_c, self.can_d if has_d is None else has_d)
+        hc, hd, valid = self.hc, self.hd, np.ones(lay.M, bool)
         flat = lambda ev, rows: np.concatenate([ev.ravel(), rows.ravel()]) if self.R else ev.ravel()  # noqa: E731
         mask = flat(np.stack([hc, hd, valid, valid, valid]), self.c_mask if self.R else None)
         m = int(mask.sum())
         h = flat(np.stack([np.zeros_like(self.lo), np.zeros_like(self.lo), -np.ones_like(self.lo),
                            self.lo - self.e0, self.e0 - self.hi]), self.c_h if self.R else None) * mask
-        r_win = self.p_ref[lay.gidx] * valid
+        r_win = self.p_ref[lay.gidx]
         fc = k * (EPS_THROUGHPUT - 2 * r_win) * hc
         fd = k * (EPS_THROUGHPUT + 2 * r_win) * hd
         two_rho = 2 * RHO_RIDGE * k
 
         def hess(pc, pd):
             # (H + delta I) x: the objective's Hessian with the Newton matrix's primal regularisation
-            g = (2 * k * self._aggregate(pc, pd))[lay.gidx] * valid
+            g = (2 * k * self._aggregate(pc, pd))[lay.gidx]
             diag = two_rho + self.delta
             return (g + diag * pc) * hc, (-g + diag * pd) * hd
 
         def grad(pc, pd):
             P = self._aggregate(pc, pd)
-            g = (2 * k * P)[lay.gidx] * valid
+            g = (2 * k * P)[lay.gidx]
             return (g + two_rho * pc) * hc + fc, (-g + two_rho * pd) * hd + fd
 
         scale = flat(np.stack([np.broadcast_to(self.Pc, hc.shape), np.broadcast_to(self.Pd, hc.shape),
@@ -569,10 +612,10 @@ class RelaxedQP:
         y = 2 * (P - self.p_ref)
         zb = z / k
         GTz = self._GT(zb)
-        yl = y[lay.gidx] * lay.valid
+        yl = y[lay.gidx]
         uc = (GTz[0] - yl) * self.hc  # = G^T z - J^T y at pc
         ud = (GTz[1] + yl) * self.hd
-        d3 = np.maximum(np.maximum(uc, 0.0) * self.Pc, np.maximum(ud, 0.0) * self.Pd) * lay.valid
+        d3 = np.maximum(np.maximum(uc, 0.0) * self.Pc, np.maximum(ud, 0.0) * self.Pd)
         zp = zb.copy()
         zp_ev = self._split(zp)[0]
         zp_ev[2] += d3

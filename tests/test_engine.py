@@ -58,16 +58,16 @@ def test_make_feasible_repairs_caps_floors_and_needs():
 def _dense_newton_matrix(qp, W):
     """(H + delta I + G^T W G) of the relaxation, column by column from the exact operators."""
     lay = qp.lay
-    idx = [(i, j, c) for i in range(lay.n) for j in range(lay.L) for c in (0, 1) if (qp.hc, qp.hd)[c][i, j]]
+    idx = [(c, i) for i in range(lay.M) for c in (0, 1) if (qp.hc, qp.hd)[c][i]]
 
     def to_arrays(v):
-        a = np.zeros((2, lay.n, lay.L))
-        for k, (i, j, c) in enumerate(idx):
-            a[c, i, j] = v[k]
+        a = np.zeros((2, lay.M))
+        for k, (c, i) in enumerate(idx):
+            a[c, i] = v[k]
         return a
 
     def to_vector(a):
-        return np.array([a[c][i, j] for (i, j, c) in idx])
+        return np.array([a[c][i] for (c, i) in idx])
 
     k, n = qp.kappa, len(idx)
     diag = 2 * 1e-7 * k + qp.delta
@@ -76,7 +76,7 @@ def _dense_newton_matrix(qp, W):
         e = np.zeros(n)
         e[col] = 1.0
         xc, xd = to_arrays(e)
-        g = (2 * k * qp._aggregate(xc, xd))[lay.gidx] * lay.valid
+        g = (2 * k * qp._aggregate(xc, xd))[lay.gidx]
         gc, gd = qp._GT(W * qp._G(xc, xd))
         K[:, col] = to_vector(np.stack([gc + (g + diag * xc) * qp.hc, gd + (-g + diag * xd) * qp.hd]))
     return K, to_arrays, to_vector
@@ -95,10 +95,9 @@ def test_decomposed_newton_step_equals_the_dense_solve(with_limits):
     qp = RelaxedQP(problem, ref.p_ref_kw)
     assert qp.R == (3 if with_limits else 0)
     lay = qp.lay
-    qp.hc = lay.to_layout(qp.can_c, False).astype(bool)
-    qp.hd = lay.to_layout(qp.can_d, False).astype(bool)
+    qp._set_modes(qp.can_c, qp.can_d)
     rng = np.random.default_rng(0)
-    W = (np.exp(rng.uniform(-6, 6, size=(5, lay.n, lay.L))) * lay.valid).ravel()
+    W = np.exp(rng.uniform(-6, 6, size=(5, lay.M))).ravel()
     if with_limits:
         W = np.concatenate([W, (np.exp(rng.uniform(-6, 6, size=(2, qp.R, qp.T))) * qp.c_mask).ravel()])
     qp._factor(W)
@@ -118,12 +117,11 @@ def test_the_chain_products_by_sums_equal_the_sweeps(monkeypatch):
     ref = synthetic_reference(fleet, seed=3)
     qp = RelaxedQP(Problem.build(fleet, ref.start, ref.step, ref.n_steps), ref.p_ref_kw)
     lay = qp.lay
-    qp.hc = lay.to_layout(qp.can_c, False).astype(bool)
-    qp.hd = lay.to_layout(qp.can_d, False).astype(bool)
+    qp._set_modes(qp.can_c, qp.can_d)
     rng = np.random.default_rng(0)
-    W = np.exp(rng.uniform(-6, 6, size=(5, lay.n, lay.L))) * lay.valid
-    W[3:, :2] *= 1e12  # two EVs whose factors exp(-ell) would overflow
-    y = rng.normal(size=(lay.n, lay.L)) * lay.valid
+    W = np.exp(rng.uniform(-6, 6, size=(5, lay.M)))
+    W[3:, lay.ev < 2] *= 1e12  # two EVs whose factors exp(-ell) would overflow
+    y = rng.normal(size=lay.M)
     qp._factor(W.ravel())
     assert 0 < qp.g_swept.size < lay.n  # both ways in one product
     mixed = qp._apply_G(y)
