@@ -31,6 +31,11 @@ MAX_RELAXED_SOLVES = 3
 # reference 20% above the fleet's need 6.7% vs 5.0%), so the second runs only where the first is not close.
 ROUNDINGS = ("spread", "charge_first")
 CLOSE_TO_BOUND = 1e-3
+# ... and where the bound is about 0 (a reference the fleet can follow exactly), an SSE below this share of the
+# reference's square sum (an RMS error of 0.1 % of the reference's RMS) is as close as the bound gets: the relaxed
+# solves themselves are accurate to about that (measured: 2,000 EVs, 80 % V2G: the second rounding's solve moved
+# the SSE from 0.04 kW^2, 5e-11 of the square sum, to 3e-9 kW^2 for a third of the dispatch's time).
+NEGLIGIBLE_SSE = 1e-6
 # Phases of the dithering, one per EV: the fractional parts of multiples of the golden ratio spread them evenly.
 _GOLDEN = 0.5 * (np.sqrt(5.0) - 1.0)
 
@@ -85,8 +90,8 @@ def cut_and_fix(problem: Problem, p_ref: np.ndarray, solve_relaxed, max_solves: 
     if conflict.any() and value > relaxed_value + GOOD_ENOUGH * max(scale, 1.0):
         for rounding in ROUNDINGS:
             # (the bound is the whole plan's: it says when to stop only where the whole plan is judged)
-            if solves >= max_solves or (applied_steps is None
-                                        and best[0][0] <= bound + CLOSE_TO_BOUND * max(bound, 1.0)):
+            if solves >= max_solves or (applied_steps is None and best[0][0] <= max(
+                    bound + CLOSE_TO_BOUND * max(bound, 1.0), NEGLIGIBLE_SSE * float(p_ref @ p_ref))):
                 break
             if deadline is not None and time.perf_counter() > deadline:
                 messages.append(f"time limit after {solves} relaxed solves")

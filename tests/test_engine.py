@@ -377,3 +377,40 @@ def test_a_receding_horizon_judges_the_mode_fixing_on_the_applied_step():
     calls.clear()
     _, _, _, solves_whole, _ = cut_and_fix(problem, p_ref, solve_relaxed)
     assert solves_whole > 1 and len(calls) == solves_whole  # judged on the whole plan, netting step 1 costs a round
+
+
+def test_mode_fixing_stops_once_the_error_is_negligible_against_the_reference(monkeypatch):
+    """Where the bound is about 0, a dispatch off by a few watts on a ~350 kW reference is as close as the relaxed
+    solves get: no further mode-fixing round is run for it (it cost a third relaxed solve before)."""
+    from evagg.simulators import integer
+    from evagg.simulators.results import RelaxedSolution, tracking_sse
+
+    fleet = fleet_frame([
+        ["a", "2026-06-01T00:00:00", "2026-06-01T01:00:00", 80.0, 0, 100, 500, 500, 0.9, 0.9, 0],
+        ["b", "2026-06-01T00:00:00", "2026-06-01T01:00:00", 500.0, 0, 1000, 1000, 1000, 0.9, 0.9, 0],
+    ])
+    problem = Problem.build(fleet, START, STEP, 4)
+    p_ref = np.array([50.0, 200.0, 200.0, 200.0])
+    # relaxed: a burns at step 0 (500 in, 450 out), so netting it stores 11 kWh and a overflows at step 1
+    first = RelaxedSolution(pc=np.array([[500.0, 50, 0, 0], [0, 150, 200, 200]]),
+                            pd=np.array([[450.0, 0, 0, 0], [0, 0, 0, 0]]), lower_bound=0.0, iterations=1,
+                            converged=True)
+    # after fixing the modes: no conflict, 0.05 kW short at the last step
+    second = RelaxedSolution(pc=np.array([[50.0, 0, 0, 0], [0, 200, 200, 199.95]]), pd=np.zeros((2, 4)),
+                             lower_bound=0.0, iterations=1, converged=True)
+    calls = []
+
+    def solve_relaxed(has_c, has_d, start=None):
+        calls.append(has_c)
+        return first if len(calls) == 1 else second
+
+    pc, pd, _, solves, _ = integer.cut_and_fix(problem, p_ref, solve_relaxed)
+    sse = tracking_sse(pc, pd, p_ref)
+    assert integer.CLOSE_TO_BOUND < sse <= integer.NEGLIGIBLE_SSE * p_ref @ p_ref  # not close by the bound's test
+    assert sse == pytest.approx(0.05 ** 2)
+    assert solves == 2 and len(calls) == 2
+    assert not any(problem.violations(pc, pd).values())
+    calls.clear()
+    monkeypatch.setattr(integer, "NEGLIGIBLE_SSE", 0.0)
+    _, _, _, solves, _ = integer.cut_and_fix(problem, p_ref, solve_relaxed)
+    assert solves == 3  # without the test a round that cannot gain anything runs
