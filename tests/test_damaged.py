@@ -179,3 +179,15 @@ def test_a_table_error_names_the_line(tmp_path):
     path.write_text("time,entity,attribute,value\n0,a,x,1.0\n0,a,y,nan\n1,a,x,oops\n")
     with pytest.raises(TableError, match=r"line 4: .* 'oops' is not a number"):
         list(iter_table(path))
+
+
+@pytest.mark.parametrize("text, said", [("{", "not valid JSON"), ("[]", "holds a list")])
+def test_a_damaged_sweep_folder_is_one_line_and_exit_2(tmp_path, capsys, text, said):
+    """Resuming a sweep whose sweep.json is damaged: one line, exit 2, no run started (was a traceback)."""
+    d = tmp_path / "D"
+    d.mkdir()
+    (d / "sweep.json").write_text(text)
+    code, stdout, stderr = run_cli(capsys, "sweep", "--evs", "3", "--steps", "2", "--workers", "1", "--out", d)
+    assert code == 2 and stdout == ""
+    assert stderr.startswith("evagg: error: ") and stderr.count("\n") == 1 and said in stderr
+    assert not (d / "runs").exists()
