@@ -244,6 +244,9 @@ class _Outputs:
         self._spread: dict | None = None
 
     def __getattr__(self, name: str):
+        if name in ("plugged_at_end", "certain_shortfall_kwh"):
+            n, kwh = self._agg.plugged_at_end()
+            return n if name == "plugged_at_end" else kwh
         if name not in self._PERCENTILES:
             return getattr(self._agg.last, name)
         if self._spread is None:

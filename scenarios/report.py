@@ -20,6 +20,8 @@ Figures (``figures`` in summary.json):
   energy_shortfall_kwh   target energy (capped at capacity) not delivered to the EVs that left during the run
   need_unmet_kwh         of it, departure need that charging flat out would have delivered (the spec's need; only
                          grid limits can leave it unmet)
+  evs_plugged_at_end     EVs plugged in in the last step that leave after it (not in energy_shortfall_kwh)
+  certain_shortfall_kwh  of their targets, what they will miss even charging flat out until departure (kWh)
   limited_steps          steps in which a grid limit was binding on some aggregator (grid-aware policies)
   loop_iterations_max    grid-aware, iterative coupling: the most power flows the operator saw in one step
                          (loop_iterations_median: their median), and loop_capped_steps: steps that hit its cap
@@ -59,6 +61,8 @@ FIGURES = (
     ("tracking_rmse_penalty_kw", "RMSE given up to the limits [kW]", "{:.2f}"),
     ("energy_shortfall_kwh", "energy shortfall [kWh]", "{:.2f}"),
     ("need_unmet_kwh", "need unmet (limits) [kWh]", "{:.2f}"),
+    ("evs_plugged_at_end", "EVs still plugged in at the end", "{:d}"),
+    ("certain_shortfall_kwh", "their certain shortfall [kWh]", "{:.2f}"),
     ("limited_steps", "steps with a binding limit", "{:d}"),
     ("loop_iterations_max", "same-step loop: max iterations", "{:d}"),
     ("loop_capped_steps", "same-step loop: capped steps", "{:d}"),
@@ -145,9 +149,10 @@ class Scan:
         self.aggregators: set = set()
         self.sums = {"ev_energy": [], "err2": []}
         self.tracked = 0
-        self.last: dict = {"shortfall[MWh]": {}, "need_unmet[MWh]": {}}
+        self.last: dict = {"shortfall[MWh]": {}, "need_unmet[MWh]": {}, "plugged_at_end": {},
+                           "certain_shortfall[MWh]": {}}
         self.seen = {"Aggregator": False, "shortfall[MWh]": False, "need_unmet[MWh]": False, "limited": False,
-                     "capped": False}
+                     "capped": False, "plugged_at_end": False, "certain_shortfall[MWh]": False}
         self.loops: list = []
         self.parts: list = []
         self.dropped: list = []  # what the reader left out of a table cut short (one line each)
@@ -255,11 +260,11 @@ class Scan:
                  feeder_import_max_mw=_r(x.get("ext", none)[0], 6))
         n_err = len(self.sums["err2"])
 
-        def final(attr):
+        def final(attr, per=1000.0):
             if not self.seen[attr]:
                 return 0.0
             values = pd.Series(self.last[attr], dtype=float).sort_index()
-            return float(values.sum() * 1000.0)
+            return float(values.sum() * per)
 
         f.update(
             aggregators=len(self.aggregators),
@@ -270,6 +275,10 @@ class Scan:
             tracked_steps=self.tracked,
             energy_shortfall_kwh=_r(final("shortfall[MWh]"), 4),
         )
+        # the EVs still plugged in at the end (their last step's values), apart from the shortfall at departures
+        at_end = self.seen["plugged_at_end"]
+        f.update(evs_plugged_at_end=int(final("plugged_at_end", 1.0)) if at_end else None,
+                 certain_shortfall_kwh=_r(final("certain_shortfall[MWh]"), 4) if at_end else None)
         f.update(need_unmet_kwh=_r(final("need_unmet[MWh]"), 4),
                  limited_steps=self.counts["limited_steps"] if self.seen["limited"] else 0)
         iterative = self.seen["capped"]
