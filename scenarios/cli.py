@@ -238,9 +238,7 @@ def _cmd_import(args) -> int:
         return _usage_error(f"--energy is for ACN-Data (acn): {args.format} gives the energy taken only")
     if not args.file.is_file():
         return _usage_error(f"{args.file}: no such file")
-    if args.out.resolve() == args.file.resolve() or (args.out.exists() and os.path.samefile(args.out, args.file)):
-        return _usage_error(f"--out {args.out} is the input file: give another file name")
-    _check_out_dir(args.out)
+    _check_out_dir(args.out, inputs=(args.file,))
     options = dict(capacity_kwh=args.capacity_kwh, soc_initial=args.soc_initial, v2g_share=args.v2g_share,
                    seed=args.seed, charger_kw=args.charger_kw, strict=args.strict)
     if args.format == "acn":
@@ -477,7 +475,9 @@ def _check_out_dir(path: Path, inputs=()) -> None:
     (the files the command reads, or another of its outputs): writing it would lose that file."""
     directory = path.parent if str(path.parent) else Path(".")
     for other in inputs:
-        if Path(other).resolve() == path.resolve():
+        # the same path in any spelling, or another name of the same file (a hard link)
+        if Path(other).resolve() == path.resolve() or (path.exists() and Path(other).exists()
+                                                       and os.path.samefile(path, other)):
             raise _UsageError(f"{path}: is also {other}, which this command reads or writes; give another file name")
     if path.is_dir():
         raise _UsageError(f"{path}: is a directory, give a file name")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -59,3 +60,15 @@ def test_write_json_writes_non_finite_numbers_as_null(tmp_path):
     path = tmp_path / "summary.json"
     write_json(path, {"a": float("nan"), "b": [1.0, float("-inf")], "c": np.float64(2.5), "t": pd.NA is None})
     assert json.loads(path.read_text()) == {"a": None, "b": [1.0, None], "c": 2.5, "t": False}
+
+
+def test_an_output_that_is_another_name_of_an_input_is_refused(tmp_path, capsys):
+    """--out a hard link to the sessions file: the same file under another name (one check for every command,
+    samefile included; it used to compare resolved paths only)."""
+    fleet, sessions, signal = _files(tmp_path)
+    link = tmp_path / "link.csv"
+    os.link(sessions, link)
+    before = sessions.read_bytes()
+    code = main(["dispatch", "--sessions", str(sessions), "--signal", str(signal), "--out", str(link)])
+    _, err = capsys.readouterr()
+    assert code == 2 and f"is also {sessions}" in err and sessions.read_bytes() == before
