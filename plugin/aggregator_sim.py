@@ -255,11 +255,13 @@ class _Outputs:
     def __init__(self, agg: Aggregator):
         self._agg = agg
         self._spread: dict | None = None
+        self._at_end: tuple | None = None
 
     def __getattr__(self, name: str):
         if name in ("plugged_at_end", "certain_shortfall_kwh"):
-            n, kwh = self._agg.plugged_at_end()
-            return n if name == "plugged_at_end" else kwh
+            if self._at_end is None:  # both outputs from one computation per step
+                self._at_end = self._agg.plugged_at_end()
+            return self._at_end[0] if name == "plugged_at_end" else self._at_end[1]
         if name not in self._PERCENTILES:
             return getattr(self._agg.last, name)
         if self._spread is None:
