@@ -136,14 +136,27 @@ class AggregatorSim(mosaik_api_v3.Simulator):
                           arrivals=p["arrivals"], arrivals_seed=int(p["arrivals_seed"]), **engine)
 
     def setup_done(self):
-        """Check the grid connections: every EVBus connected to a pandapower Bus must be connected to the bus of its
+        """Check the grid connections: an aggregator's power reaches the grid once (the aggregator or its EVBus
+        children, not both), every EVBus connected to a pandapower Bus must be connected to the bus of its
         own index, and an aggregator with some EVBus children connected to a grid must have all of them connected
         (else the grid lacks those buses, or the scenario forgot them: their power would go nowhere)."""
         if not self.bus_entities:
             return
         full = [f"{self.sid}.{ceid}" for ceid in self.bus_entities]
-        related = yield self.mosaik.get_related_entities(full)
+        aggs = [f"{self.sid}.{eid}" for eid in self.aggregators]
+        related = yield self.mosaik.get_related_entities(full + aggs)
         problems = []
+        # An aggregator wired to a grid bus itself (its P[MW]) while its EVBus children are too: the fleet's power
+        # would reach the grid twice.
+        for agg_fid in aggs:
+            direct = sorted(rid for rid, info in (related.get(agg_fid) or {}).items() if info.get("type") == "Bus")
+            via = sorted(f"{fid} -> {rid}" for fid in full
+                         if self.bus_entities[fid.split(".", 1)[1]][0] == agg_fid.split(".", 1)[1]
+                         for rid, info in (related.get(fid) or {}).items() if info.get("type") == "Bus")
+            if direct and via:
+                problems.append(f"the power of {agg_fid} reaches the grid twice: {agg_fid} -> {', '.join(direct)} "
+                                f"and its EVBus children {', '.join(via[:3])}{' ...' if len(via) > 3 else ''}; "
+                                "connect one of them (connect_buses wires the EVBus children)")
         connected: dict[str, list[int]] = {}
         unconnected: dict[str, list[int]] = {}
         for fid in full:
@@ -242,8 +255,13 @@ class _Outputs:
     def __init__(self, agg: Aggregator):
         self._agg = agg
         self._spread: dict | None = None
+        self._at_end: tuple | None = None
 
     def __getattr__(self, name: str):
+        if name in ("plugged_at_end", "certain_shortfall_kwh"):
+            if self._at_end is None:  # both outputs from one computation per step
+                self._at_end = self._agg.plugged_at_end()
+            return self._at_end[0] if name == "plugged_at_end" else self._at_end[1]
         if name not in self._PERCENTILES:
             return getattr(self._agg.last, name)
         if self._spread is None:

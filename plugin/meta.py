@@ -240,6 +240,11 @@ AGGREGATOR_MODELS: dict[str, ModelSpec] = {
             Attr("need_unmet[MWh]", "cumulative departure need (the spec's: what charging flat out would give) not "
                                     "delivered; only grid limits can cause it", source="need_unmet_kwh",
                  factor=KW_PER_MW),
+            Attr("plugged_at_end", "EVs plugged in in this step that leave after it (if the run ended here: the EVs "
+                                   "still plugged in at its end)", source="plugged_at_end", kind=int),
+            Attr("certain_shortfall[MWh]", "target energy those EVs will miss whatever comes next: the target minus "
+                                           "what charging flat out until departure can still add (apart from "
+                                           "shortfall)", source="certain_shortfall_kwh", factor=KW_PER_MW),
             Attr("solve_time[s]", "wall time of this step's re-dispatch", source="solve_time_s"),
             Attr("limited", "1 when a grid limit (on the fleet or one of its buses) was binding in this step",
                  source="limited", kind=int),

@@ -57,6 +57,14 @@ SAME_STEP_TRIGGERS = {"Bus": ["P_load[MW]", "P_gen[MW]", "Q_load[MVar]", "Q_gen[
 RECYCLE = {"bus_pq": True, "trafo": False, "gen": False}
 
 
+OUTSTANDING = 3  # bus inputs named in the error of a power flow that does not converge
+
+
+class PowerFlowFailed(RuntimeError):
+    """The power flow of a step did not converge: one line with the step, the bus inputs that stand out and the
+    simulators that sent them."""
+
+
 class SimbenchGridSim(Simulator):
     """mosaik-pandapower-2 with profiles at the simulated time and transformer results (see the module doc)."""
 
@@ -69,12 +77,14 @@ class SimbenchGridSim(Simulator):
         self.feeder: Feeder | None = None  # the grid loaded by grid= / simbench=, with its profiles
         self.recycle = True  # reuse pandapower's set-up between steps (see the module doc)
         self._positions: dict = {}  # (element, index key) -> row positions in the element's table
+        self._start_given = False  # start_date or start= given: the Grid entity says its start (extra_info)
 
     def init(self, sid, time_resolution: float = 1.0, step_size: int | None = 900, start_date: str | None = None,
              same_step: bool = False):
         self.time_resolution = float(time_resolution)
         if start_date is not None:
             self.start_date = self.start = to_datetime64(start_date)
+            self._start_given = True
         if same_step:
             if not step_size:
                 raise ValueError("SimbenchGridSim: same_step=True needs a step_size (it steps on its own schedule "
@@ -86,6 +96,7 @@ class SimbenchGridSim(Simulator):
         start = params.pop("start", None)
         if start is not None:
             self.start = to_datetime64(start)
+            self._start_given = True
         if "grid" in params or "simbench" in params:
             spec = params.pop("grid", None)
             code = params.pop("simbench", None)
@@ -106,6 +117,10 @@ class SimbenchGridSim(Simulator):
                                                                                    f"Bus-{row.lv_bus}"],
                                        "extra_info": info})
             self._extra_info[eid] = info
+        if self._start_given or (self.feeder is not None and self.feeder.profiles):
+            # the time of mosaik time 0 where it matters (profiles read at it, or given): connect_buses checks
+            # that the aggregators it wires to this grid start at the same time (mosaik relates types only)
+            result["extra_info"] = {**(result.get("extra_info") or {}), "start": str(self.start)}
         return result
 
     def step(self, time, inputs, max_advance):
@@ -114,6 +129,7 @@ class SimbenchGridSim(Simulator):
             values = self.feeder.profile_values(self.start, time * self.time_resolution, step_s)
             for (elm, col), (idx, row) in values.items():
                 self._write(elm, col, idx, row)
+        own_mw = self._own_power_mw()  # before the inputs, for the error of a power flow that does not converge
         # the adapter's inputs (sum of the sources per bus), one write per element column
         columns: dict = {}
         for eid, data in inputs.items():
@@ -126,7 +142,10 @@ class SimbenchGridSim(Simulator):
                 rows[1].append(a.aggregator(values.values()))
         for (elm, col), (idx, vals) in columns.items():
             self._write(elm, col, np.asarray(idx), np.asarray(vals, dtype=float))
-        self.run_power_flow()
+        try:
+            self.run_power_flow()
+        except pp.LoadflowNotConverged:
+            raise PowerFlowFailed(self._not_converged(time, inputs, own_mw)) from None
         if self._step_size:
             return time + self._step_size
         return None
@@ -144,6 +163,25 @@ class SimbenchGridSim(Simulator):
                 raise
             self._net["_ppc"] = None  # warm start or stale set-up: once more from scratch
             pp.runpp(self._net, numba=numba, recycle=RECYCLE)
+
+    def _own_power_mw(self) -> float:
+        """The magnitudes of the grid's own loads and generation summed (MW)."""
+        return float(np.nansum(np.abs(self._net.load["p_mw"].to_numpy(dtype=float)))
+                     + np.nansum(np.abs(self._net.sgen["p_mw"].to_numpy(dtype=float))))
+
+    def _not_converged(self, time, inputs, own: float) -> str:
+        """The message of a power flow that does not converge at `time`: the step, the largest bus inputs (by
+        magnitude, with the simulators that sent them) against the grid's own loads and generation."""
+        when = self.start + np.timedelta64(int(round(time * self.time_resolution)), "s")
+        sent = [(abs(float(v)), f"{getattr(self, '_sid', '')}.{eid} {attr} {float(v):.6g} from {src}")
+                for eid, data in inputs.items() for attr, sources in data.items()
+                for src, v in sources.items() if v is not None and np.isfinite(float(v))]
+        sent.sort(key=lambda x: -x[0])
+        shown = "; ".join(text for _, text in sent[:OUTSTANDING]) or "no bus inputs"
+        return (f"SimbenchGridSim {getattr(self, '_sid', '')}: the power flow does not converge at "
+                f"time {time} ({when}); the largest bus inputs (MW): {shown}; the grid's loads and generation before "
+                f"this step's inputs "
+                f"sum to {own:.6g} MW in magnitude. Is a power in W or kW sent as MW, or a bus overloaded?")
 
     def _write(self, elm: str, col: str, idx, values) -> None:
         """Set `col` of the rows `idx` of the element table `elm` to `values` (one pandas write)."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
+from evagg.simulators.times import to_datetime64
+
 from .meta import COUPLINGS
 
 # a group's EV power rated per session by operator_groups, kW (a generous charger: a limit above it is no limit)
@@ -17,13 +19,19 @@ P_SESSION_KW = 22.0
 def connect_buses(world: Any, aggregator: Any, grid: Any, attr: str = "P_load[MW]") -> dict[int, Any]:
     """Connect each EVBus child of `aggregator` (P[MW]) to the `attr` input of the grid's Bus child of the same
     index (`grid`: the Grid entity of mosaik-pandapower-2, whose children are Bus-<index>). Nothing is connected
-    if a bus is missing: a ValueError names the missing buses. Returns {bus index: grid Bus entity}."""
+    if a bus is missing (a ValueError names the missing buses) or if the two start at different times (the
+    aggregator's extra_info "start", and the grid's where it gives one: SimbenchGridSim). Returns {bus index: grid Bus entity}."""
     grid_buses = {child.eid: child for child in grid.children if child.type == "Bus"}
     ev_buses = [child for child in aggregator.children if child.type == "EVBus"]
     missing = sorted({int(c.extra_info["bus"]) for c in ev_buses} - {int(e.split("-", 1)[1]) for e in grid_buses})
     if missing:
         raise ValueError(f"{aggregator.full_id} has EVs at bus(es) {missing}, which the grid {grid.full_id} does not "
                          f"have (it has {len(grid_buses)} buses)")
+    agg_start, grid_start = (aggregator.extra_info or {}).get("start"), (grid.extra_info or {}).get("start")
+    if agg_start is not None and grid_start is not None and to_datetime64(agg_start) != to_datetime64(grid_start):
+        raise ValueError(f"{aggregator.full_id} starts at {agg_start}, the grid {grid.full_id} at {grid_start}: "
+                         "mosaik time 0 must be the same time for both (give both simulators the same start_date), "
+                         "else the EVs and the grid's profiles are at different dates")
     out = {}
     for child in ev_buses:
         bus = int(child.extra_info["bus"])

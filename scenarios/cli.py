@@ -29,6 +29,7 @@ from evagg.simulators.imports import ENERGY_CHOICES, Assumptions, read_acn, read
 from evagg.simulators.synthetic import synthetic_fleet, synthetic_reference
 from evagg.simulators.tables import (
     InputError,
+    json_safe,
     read_reference,
     read_sessions,
     write_dispatch,
@@ -102,16 +103,13 @@ def _setup_dispatch(p: argparse.ArgumentParser) -> None:
 def _cmd_dispatch(args) -> int:
     _check_out_dir(args.out, inputs=(args.sessions, args.signal))
     fleet = read_sessions(args.sessions)
-    reference = read_reference(args.signal, step_s=args.signal_step)
+    reference = read_reference(args.signal, step_s=args.signal_step, fleet=fleet)  # the fleet's bound: line
     result = dispatch_module.dispatch(fleet, reference, method=args.method, time_limit_s=args.time_limit)
     if not (np.all(np.isfinite(result.pc)) and np.all(np.isfinite(result.pd)) and np.all(np.isfinite(result.energy))):
         # A dispatch with NaN / inf powers passes no constraint check meaningfully: never write it as a result.
         return _error(f"the {args.method} method returned non-finite powers or energies ({result.status}: "
                       f"{result.message}); no result written", 1)
-    if len(fleet) and not result.problem.plugged.any():
-        print(f"{PROG}: warning: no session is plugged in for a whole step of the signal's horizon "
-              f"({reference.start} to {reference.end}); check that both files use the same times (UTC)",
-              file=sys.stderr, flush=True)
+    # (a signal that meets no session's plugged time is said by read_reference's check against the fleet)
     certain = result.problem.certain_shortfall(result.energy)
     if np.any(certain > 1e-6):
         print(f"{PROG}: warning: {int(np.sum(certain > 1e-6))} session(s) still plugged in at the signal's end "
@@ -189,7 +187,7 @@ def _cmd_fleet(args) -> int:
         write_reference(reference, args.signal_out)
         summary.update(signal=str(args.signal_out), signal_kind=args.signal_kind, step_s=step_s, n_steps=n_steps,
                        p_ref_kw_mean=float(np.mean(reference.p_ref_kw)))
-    print(json.dumps(summary), flush=True)
+    print(json.dumps(json_safe(summary), allow_nan=False), flush=True)
     return 0
 
 
@@ -240,9 +238,7 @@ def _cmd_import(args) -> int:
         return _usage_error(f"--energy is for ACN-Data (acn): {args.format} gives the energy taken only")
     if not args.file.is_file():
         return _usage_error(f"{args.file}: no such file")
-    if args.out.resolve() == args.file.resolve() or (args.out.exists() and os.path.samefile(args.out, args.file)):
-        return _usage_error(f"--out {args.out} is the input file: give another file name")
-    _check_out_dir(args.out)
+    _check_out_dir(args.out, inputs=(args.file,))
     options = dict(capacity_kwh=args.capacity_kwh, soc_initial=args.soc_initial, v2g_share=args.v2g_share,
                    seed=args.seed, charger_kw=args.charger_kw, strict=args.strict)
     if args.format == "acn":
@@ -266,7 +262,7 @@ def _cmd_import(args) -> int:
         "last_departure": str(fleet.departure.max()),
         "departure_declared": "departure_declared" in frame.columns,
     }
-    print(json.dumps(summary), flush=True)
+    print(json.dumps(json_safe(summary), allow_nan=False), flush=True)
     return 0
 
 
@@ -479,7 +475,9 @@ def _check_out_dir(path: Path, inputs=()) -> None:
     (the files the command reads, or another of its outputs): writing it would lose that file."""
     directory = path.parent if str(path.parent) else Path(".")
     for other in inputs:
-        if Path(other).resolve() == path.resolve():
+        # the same path in any spelling, or another name of the same file (a hard link)
+        if Path(other).resolve() == path.resolve() or (path.exists() and Path(other).exists()
+                                                       and os.path.samefile(path, other)):
             raise _UsageError(f"{path}: is also {other}, which this command reads or writes; give another file name")
     if path.is_dir():
         raise _UsageError(f"{path}: is a directory, give a file name")

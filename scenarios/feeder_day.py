@@ -65,7 +65,7 @@ SIM_CONFIG = {
 }
 
 AGGREGATOR_OUTPUTS = ("P[MW]", "P_ref[MW]", "tracking_error[MW]", "n_plugged", "energy[MWh]", "shortfall[MWh]",
-                      "need_unmet[MWh]", "limited")
+                      "need_unmet[MWh]", "limited", "plugged_at_end", "certain_shortfall[MWh]")
 OPERATOR_OUTPUTS = ("n_limited", "Vm_min[pu]", "loading_max[%]")
 SOC_OUTPUTS = ("soc_min[%]", "soc_p10[%]", "soc_p50[%]", "soc_p90[%]", "soc_max[%]")
 GRID_OUTPUTS = {"Bus": ("Vm[pu]", "P[MW]"), "Line": ("loading[%]",), "Transformer": ("loading[%]",),

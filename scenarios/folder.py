@@ -20,6 +20,8 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
+from evagg.simulators.tables import json_safe
+
 from .errors import ScenarioError
 
 SUMMARY = "summary.json"
@@ -80,7 +82,7 @@ def write_json(path: Path, data: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=False, allow_nan=False)
+            json.dump(json_safe(data), f, indent=2, sort_keys=False, allow_nan=False)  # NaN, inf: null
             f.write("\n")
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)

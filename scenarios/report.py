@@ -20,12 +20,15 @@ Figures (``figures`` in summary.json):
   energy_shortfall_kwh   target energy (capped at capacity) not delivered to the EVs that left during the run
   need_unmet_kwh         of it, departure need that charging flat out would have delivered (the spec's need; only
                          grid limits can leave it unmet)
+  evs_plugged_at_end     EVs plugged in in the last step that leave after it (not in energy_shortfall_kwh)
+  certain_shortfall_kwh  of their targets, what they will miss even charging flat out until departure (kWh)
   limited_steps          steps in which a grid limit was binding on some aggregator (grid-aware policies)
   loop_iterations_max    grid-aware, iterative coupling: the most power flows the operator saw in one step
                          (loop_iterations_median: their median), and loop_capped_steps: steps that hit its cap
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 from pathlib import Path
@@ -33,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evagg.simulators.collector import iter_table, read_table
+from evagg.simulators.collector import TableError, iter_table, read_table
 
 from .errors import ScenarioError
 from .folder import RESULTS, RESULTS_PARQUET, SUMMARY, TIMING, read_json, results_file, write_json
@@ -58,11 +61,15 @@ FIGURES = (
     ("tracking_rmse_penalty_kw", "RMSE given up to the limits [kW]", "{:.2f}"),
     ("energy_shortfall_kwh", "energy shortfall [kWh]", "{:.2f}"),
     ("need_unmet_kwh", "need unmet (limits) [kWh]", "{:.2f}"),
+    ("evs_plugged_at_end", "EVs still plugged in at the end", "{:d}"),
+    ("certain_shortfall_kwh", "their certain shortfall [kWh]", "{:.2f}"),
     ("limited_steps", "steps with a binding limit", "{:d}"),
     ("loop_iterations_max", "same-step loop: max iterations", "{:d}"),
     ("loop_capped_steps", "same-step loop: capped steps", "{:d}"),
     ("solve_time_s", "solve time [s]", "{:.2f}"),
 )
+
+log = logging.getLogger(__name__)
 
 _KIND = re.compile(r"\.([A-Za-z0-9]+)-")
 CHUNK_ROWS = 500_000  # rows read at a time: a year's table is never read into one frame
@@ -77,6 +84,10 @@ def kind_of(entity: str) -> str:
 
 def _results_path(out) -> Path:
     path = results_file(out)
+    if path is None and (Path(out) / (RESULTS_PARQUET + ".partial")).is_file():
+        raise ScenarioError(f"{Path(out) / (RESULTS_PARQUET + '.partial')}: the run was stopped before it closed its "
+                            "Parquet table (killed outright), which is unreadable without its footer; nothing to "
+                            "report (a run written as CSV, --results-format csv, keeps its rows then)")
     if path is None:
         raise ScenarioError(f"{out}: no {RESULTS} or {RESULTS_PARQUET} (not a results folder, or the run never "
                             "started)")
@@ -138,11 +149,13 @@ class Scan:
         self.aggregators: set = set()
         self.sums = {"ev_energy": [], "err2": []}
         self.tracked = 0
-        self.last: dict = {"shortfall[MWh]": {}, "need_unmet[MWh]": {}}
+        self.last: dict = {"shortfall[MWh]": {}, "need_unmet[MWh]": {}, "plugged_at_end": {},
+                           "certain_shortfall[MWh]": {}}
         self.seen = {"Aggregator": False, "shortfall[MWh]": False, "need_unmet[MWh]": False, "limited": False,
-                     "capped": False}
+                     "capped": False, "plugged_at_end": False, "certain_shortfall[MWh]": False}
         self.loops: list = []
         self.parts: list = []
+        self.dropped: list = []  # what the reader left out of a table cut short (one line each)
 
     def _extreme(self, name: str, found: tuple, larger: bool) -> None:
         if found[0] is None:
@@ -247,11 +260,11 @@ class Scan:
                  feeder_import_max_mw=_r(x.get("ext", none)[0], 6))
         n_err = len(self.sums["err2"])
 
-        def final(attr):
+        def final(attr, per=1000.0):
             if not self.seen[attr]:
                 return 0.0
             values = pd.Series(self.last[attr], dtype=float).sort_index()
-            return float(values.sum() * 1000.0)
+            return float(values.sum() * per)
 
         f.update(
             aggregators=len(self.aggregators),
@@ -262,6 +275,10 @@ class Scan:
             tracked_steps=self.tracked,
             energy_shortfall_kwh=_r(final("shortfall[MWh]"), 4),
         )
+        # the EVs still plugged in at the end (their last step's values), apart from the shortfall at departures
+        at_end = self.seen["plugged_at_end"]
+        f.update(evs_plugged_at_end=int(final("plugged_at_end", 1.0)) if at_end else None,
+                 certain_shortfall_kwh=_r(final("certain_shortfall[MWh]"), 4) if at_end else None)
         f.update(need_unmet_kwh=_r(final("need_unmet[MWh]"), 4),
                  limited_steps=self.counts["limited_steps"] if self.seen["limited"] else 0)
         iterative = self.seen["capped"]
@@ -285,16 +302,23 @@ _SERIES = ("ev_kw", "ref_kw", "vm_min", "vm_med", "vm_max", "line_med", "line_ma
 _SCANS: dict = {}  # the last scan of each table (path, size, mtime): summarize and the plots read a year once
 
 
-def scan(out, step_s: float, v_band=(0.95, 1.05), rows: int = CHUNK_ROWS) -> Scan:
-    """The results table of the folder `out` read in frames of about `rows` rows (bounded memory)."""
+def scan(out, step_s: float, v_band=(0.95, 1.05), rows: int = CHUNK_ROWS, complete: bool = True) -> Scan:
+    """The results table of the folder `out` read in frames of about `rows` rows (bounded memory), as far as it
+    is whole (a run killed outright may leave its last step cut: `iter_table`); what was dropped is said once as
+    a warning and kept in the scan's `dropped`. `complete`: the run finished (its last step is whole)."""
     path = _results_path(out)
     st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, float(step_s), tuple(v_band), int(rows))
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, float(step_s), tuple(v_band), int(rows), bool(complete))
     if key in _SCANS:
         return _SCANS[key]
     acc = Scan(step_s, v_band)
-    for chunk in iter_table(path, rows=rows):
-        acc.add(chunk)
+    try:
+        for chunk in iter_table(path, rows=rows, notes=acc.dropped, complete=complete):
+            acc.add(chunk)
+    except TableError as exc:
+        raise ScenarioError(str(exc)) from None
+    if acc.dropped:
+        log.warning("; ".join(acc.dropped))
     _SCANS.clear()
     _SCANS[key] = acc
     return acc
@@ -318,7 +342,14 @@ def timing(out) -> dict:
     path = Path(out) / TIMING
     if not path.is_file():
         return {"solve_time_s": None, "solve_time_max_step_s": None}
-    t = read_table(path)
+    notes: list = []
+    try:
+        t = read_table(path, notes=notes)
+    except TableError as exc:  # wall times only: the figures do not need them
+        log.warning("%s; no solve times reported", exc)
+        return {"solve_time_s": None, "solve_time_max_step_s": None}
+    if notes:
+        log.warning("; ".join(notes))
     t = t[t["attribute"] == "solve_time[s]"]
     per_step = t.groupby("time")["value"].sum()
     return {"solve_time_s": round(float(t["value"].sum()), 4),
@@ -330,7 +361,13 @@ def summarize(out, base: dict, record: dict | None = None) -> dict:
     out = Path(out)
     opts = base["options"]
     summary = dict(base)
-    summary["figures"] = scan(out, opts["step_s"], tuple(opts.get("v_band", (0.95, 1.05)))).figures()
+    complete = bool((record or base).get("complete", True))
+    acc = scan(out, opts["step_s"], tuple(opts.get("v_band", (0.95, 1.05))), complete=complete)
+    summary["figures"] = acc.figures()
+    if acc.dropped:
+        summary["dropped"] = list(acc.dropped)
+    else:
+        summary.pop("dropped", None)
     tm = dict(summary.get("timing") or {})
     tm.update(timing(out))
     if record is not None:
@@ -489,7 +526,8 @@ def _series_of(out, summary: dict, series: pd.DataFrame | None) -> pd.DataFrame:
     if series is not None:
         return series
     o = summary["options"]
-    return scan(out, o["step_s"], tuple(o.get("v_band", (0.95, 1.05)))).series()
+    return scan(out, o["step_s"], tuple(o.get("v_band", (0.95, 1.05))),
+                complete=bool(summary.get("complete", True))).series()
 
 
 def _span_days(times: np.ndarray) -> float:
@@ -784,14 +822,14 @@ def remake(out) -> str:
         raise ScenarioError(f"{out}: no such folder")
     if not (out / SUMMARY).is_file():
         raise ScenarioError(f"{out}: no {SUMMARY}: not an evagg results folder")
-    try:
-        summary = read_json(out / SUMMARY)
-    except ValueError as exc:
-        raise ScenarioError(f"{out / SUMMARY}: not valid JSON ({exc})") from None
+    summary = _read_summary(out)
     if summary.get("scenario") == "grid_impact":
+        if not isinstance(summary.get("options"), dict) or not isinstance(summary["options"].get("policies"), list):
+            raise ScenarioError(f"{out / SUMMARY}: has no options.policies: the summary is damaged; run the study "
+                                "again")
         runs = {}
-        for name in summary.get("policies_run", []):
-            sub = out / name
+        for name in summary.get("policies_run") or []:
+            sub = out / str(name)
             if results_file(sub) is not None and (sub / SUMMARY).is_file():
                 runs[name] = _remake_run(sub)
         if not runs:
@@ -802,10 +840,35 @@ def remake(out) -> str:
     return table_text({summary.get("method", "run"): summary})
 
 
+# what `evagg report` needs of a run's options (written by `evagg run` before its first step)
+_NEEDED = {"step_s": (int, float), "step_min": (int, float), "evs": int, "grid": str, "method": str}
+
+
+def _read_summary(out: Path) -> dict:
+    """A folder's summary.json, checked to be one written by `evagg run` (written atomically when a run starts,
+    so a missing or unreadable one is not a run's doing); ScenarioError otherwise, in one line."""
+    path = out / SUMMARY
+    try:
+        summary = read_json(path)
+    except UnicodeDecodeError:
+        raise ScenarioError(f"{path}: not UTF-8 text: not the summary of an evagg run") from None
+    except ValueError as exc:
+        raise ScenarioError(f"{path}: not valid JSON ({exc}); it holds the run's options, without which the "
+                            "folder cannot be reported: run it again") from None
+    if not isinstance(summary, dict):
+        raise ScenarioError(f"{path}: holds a {type(summary).__name__}, not the summary of an evagg run")
+    return summary
+
+
 def _remake_run(out: Path) -> dict:
-    old = read_json(out / SUMMARY)
-    if "options" not in old:
+    old = _read_summary(out)
+    options = old.get("options")
+    if not isinstance(options, dict):
         raise ScenarioError(f"{out / SUMMARY}: has no options: not an evagg results folder")
+    for key, kind in _NEEDED.items():
+        if not isinstance(options.get(key), kind) or isinstance(options.get(key), bool):
+            raise ScenarioError(f"{out / SUMMARY}: options.{key} is {options.get(key)!r}, not what evagg run "
+                                "writes: the summary is damaged; run the study again")
     summary = summarize(out, old)
     if not summary["figures"]["steps"]:
         raise ScenarioError(f"{_results_path(out)}: has no steps")

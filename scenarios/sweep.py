@@ -186,9 +186,10 @@ def run_one(spec: dict, root: str) -> dict:
 
 def complete(out: Path) -> bool:
     try:
-        return read_json(out / SUMMARY).get("complete") is True
+        summary = read_json(out / SUMMARY)
     except (OSError, ValueError):
         return False
+    return isinstance(summary, dict) and summary.get("complete") is True
 
 
 def _with_figures(row: dict, out: Path) -> dict:
@@ -196,6 +197,8 @@ def _with_figures(row: dict, out: Path) -> dict:
     try:
         summary = read_json(out / SUMMARY)
     except (OSError, ValueError):
+        return row
+    if not isinstance(summary, dict):  # damaged by hand: the row keeps its status and error
         return row
     row["complete"] = bool(summary.get("complete"))
     if row.get("status") == "done" and not row["complete"]:
@@ -305,7 +308,13 @@ def _check_state(root: Path, state: dict) -> None:
     if root.exists() and not root.is_dir():
         raise ScenarioError(f"{root}: exists and is not a folder")
     if path.is_file():
-        before = read_json(path)
+        try:
+            before = read_json(path)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ScenarioError(f"{path}: not valid JSON ({exc}): the sweep's options are lost; use another "
+                                "--out") from None
+        if not isinstance(before, dict):
+            raise ScenarioError(f"{path}: holds a {type(before).__name__}, not a sweep's options; use another --out")
         diff = sorted(k for k in set(state) | set(before) if before.get(k) != _jsonable(state.get(k)))
         if diff:
             shown = ", ".join(f"{k} {before.get(k)!r} -> {_jsonable(state.get(k))!r}" for k in diff)

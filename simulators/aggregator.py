@@ -280,6 +280,9 @@ class Aggregator:
         if unservable:
             log.warning("%s: %d session(s) are plugged in for no whole step of %d s and cannot be served",
                         name, unservable, self.step_s)
+        # Their shortfall is counted like any other, at the step they leave in (t_k < departure <= t_k+1), as the
+        # batch dispatch counts it (Problem.shortfall): the target is missed whatever the cause.
+        self._short_stay_k = np.where(~self.servable & (dep_s > 0), -(-dep_s // self.step_s) - 1, -1)
 
         # Expected arrivals ("ghosts"), planned after the sessions: positions n.. of the plan fleet.
         self.n_ghosts = 0
@@ -447,6 +450,7 @@ class Aggregator:
             self._depart(np.flatnonzero(self.servable & (self.stop_g == k + 1)), k)
         else:
             self._depart(idx[self.stop_g[idx] == k + 1], k)
+        self._depart(np.flatnonzero(self._short_stay_k == k), k)
 
         self.k_next = k + 1
         result = StepResult(
@@ -548,6 +552,21 @@ class Aggregator:
         (energy, final, self.shortfall_kwh, self.need_unmet_kwh, self.n_departed, self.k_next, self.last,
          self._last_ref, self.idle_plugged_h) = self._before
         self.energy_kwh, self.final_energy_kwh = energy.copy(), final.copy()
+
+    def plugged_at_end(self) -> tuple[int, float]:
+        """After the steps done: how many EVs plugged in in the last step leave after it, and the kWh of their
+        targets they will miss whatever comes next: the target minus what charging flat out until departure can
+        still add (`Problem.certain_shortfall`). Counted apart from `shortfall_kwh` (departures so far); a run that
+        ends here reports them so."""
+        n = self.k_next
+        staying = np.flatnonzero(self.servable & (self.first_g < n) & (self.stop_g > n))
+        if not n or not staying.size:
+            return 0, 0.0
+        problem = Problem.build(self._core.select(staying), self.start, self.step_td, n,
+                                energy_initial_kwh=self.energy_kwh[staying])
+        # their energy now is their energy at the end of the last step, the horizon's last plugged step for each
+        energy = np.broadcast_to(self.energy_kwh[staying][:, None], (staying.size, n))
+        return int(problem.plugged_at_end.sum()), float(problem.certain_shortfall(energy).sum())
 
     def soc_spread(self, percentiles=(0, 10, 50, 90, 100)) -> np.ndarray | None:
         """The state of charge (energy / capacity, in %) of the EVs plugged in in the last step, at its end: its

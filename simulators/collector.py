@@ -16,6 +16,7 @@ Times are ISO 8601 (naive, as the tables) when the table knows its start time, e
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import numbers
@@ -27,7 +28,7 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TidyTable", "COLUMNS", "read_table", "iter_table"]
+__all__ = ["TidyTable", "COLUMNS", "read_table", "iter_table", "TableError"]
 
 COLUMNS = ("time", "entity", "attribute", "value")
 ROW_GROUP_ROWS = 200_000  # Parquet: rows per row group (about 10 MB in memory while it fills)
@@ -149,26 +150,75 @@ _CSV_READ = dict(dtype={"time": str, "entity": str, "attribute": str, "value": f
                  na_values={"value": ["nan", "NaN"]}, float_precision="round_trip")
 
 
-def read_table(path) -> pd.DataFrame:
+class TableError(ValueError):
+    """A results table that cannot be read: str(error) is one line naming the file, the line (CSV) and the
+    problem."""
+
+
+def read_table(path, notes: list | None = None) -> pd.DataFrame:
     """A results table (CSV or Parquet) as one frame: time as written (text), value float. For a table that may be
-    long (a year), `iter_table` reads it in bounded memory."""
+    long (a year), `iter_table` reads it in bounded memory. A CSV cut short is read as `iter_table` does."""
     path = Path(path)
     if path.suffix.lower() == ".parquet":
-        return _plain(pd.read_parquet(path))
-    return pd.read_csv(path, **_CSV_READ)
+        import pyarrow  # optional, heavy: Parquet tables only
+
+        try:
+            return _plain(pd.read_parquet(path))
+        except (pyarrow.ArrowException, OSError) as exc:
+            raise TableError(f"{path}: not a readable Parquet table ({' '.join(str(exc).split())})") from None
+    frames = list(iter_table(path, notes=notes))
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype=float if c == "value" else object) for c in COLUMNS})
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
-def iter_table(path, rows: int = 500_000):
+def iter_table(path, rows: int = 500_000, notes: list | None = None, complete: bool = True):
     """The table `path` (CSV or Parquet) as frames of about `rows` rows each, in file order, each holding whole
-    steps (the rows of one time are never split between two frames: the table is written step by step)."""
+    steps (the rows of one time are never split between two frames: the table is written step by step).
+
+    A CSV table is read as far as it is whole, as a run killed outright leaves it: a last line without its end
+    (cut mid-write) is dropped with the rest of its step (which may lack rows); so is, for a run that did not
+    finish (`complete` False), a last step holding only the first rows of the step before (rows are written in
+    the same order each step). What is dropped is said in `notes` (one line each). A line that is not a row is
+    a TableError naming it."""
     path = Path(path)
     if path.suffix.lower() == ".parquet":
+        import pyarrow  # optional, heavy: Parquet tables only
         import pyarrow.parquet as pq
 
-        chunks = (_plain(b.to_pandas()) for b in pq.ParquetFile(str(path)).iter_batches(batch_size=rows))
-    else:
-        chunks = pd.read_csv(path, chunksize=rows, **_CSV_READ)
+        try:
+            batches = pq.ParquetFile(str(path)).iter_batches(batch_size=rows)
+        except (pyarrow.ArrowException, OSError) as exc:
+            raise TableError(f"{path}: not a readable Parquet table ({' '.join(str(exc).split())})") from None
+        yield from _whole_steps((_plain(b.to_pandas()) for b in batches), notes=None, cut=None, complete=True)
+        return
+    size, whole = _whole_size(path)
+    cut = None
+    if whole < size:
+        with open(path, "rb") as f:
+            f.seek(whole)
+            cut = f.read(min(size - whole, 40)).decode("utf-8", "replace")  # enough to recognise it
+    if whole == 0:
+        raise TableError(f"{path}: " + ("empty" if size == 0 else f"holds no whole line (only {cut!r})")
+                         + f": not a results table ({', '.join(COLUMNS)})")
+    with open(path, "rb") as raw:
+        header = raw.readline().decode("utf-8", "replace").strip()
+        if header != ",".join(COLUMNS):
+            raise TableError(f"{path}, line 1: the header is {header[:80]!r}, not {','.join(COLUMNS)!r}: not a "
+                             "results table")
+        raw.seek(0)
+        head = io.BufferedReader(_Head(raw, whole), buffer_size=1 << 20)
+        try:
+            chunks = pd.read_csv(head, chunksize=rows, encoding="utf-8", **_CSV_READ)
+            yield from _whole_steps(chunks, notes=notes, cut=cut, complete=complete, path=path)
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:  # a line that is not a row
+            raise TableError(_first_bad_line(path, whole) or f"{path}: cannot be read ({exc})") from None
+
+
+def _whole_steps(chunks, notes, cut, complete, path=None):
+    """Frames of whole steps from frames of rows (see iter_table)."""
     carry = None
+    before = None  # the last step of the frames yielded so far: (entity, attribute) in order
     for chunk in chunks:
         if carry is not None:
             chunk = pd.concat([carry, chunk], ignore_index=True)
@@ -179,9 +229,88 @@ def iter_table(path, rows: int = 500_000):
         first_tail = int(np.argmax(tail))  # the last time's rows are the frame's tail (they may go on)
         carry = chunk.iloc[first_tail:].reset_index(drop=True)
         if first_tail:
-            yield chunk.iloc[:first_tail].reset_index(drop=True)
-    if carry is not None and len(carry):
-        yield carry
+            done = chunk.iloc[:first_tail]
+            step = done[done["time"] == done["time"].iat[-1]]
+            before = list(zip(step["entity"], step["attribute"]))
+            yield done.reset_index(drop=True)
+    if carry is None or not len(carry):
+        if cut is not None and notes is not None:
+            notes.append(f"{path}: the last line is cut ({cut!r}): dropped")
+        return
+    time = carry["time"].iat[0]
+    if cut is not None:
+        if notes is not None:
+            notes.append(f"{path}: the last line is cut ({cut!r}, a run stopped while writing it): dropped it and "
+                         f"the {len(carry)} whole row(s) of its step {time}, which may lack rows")
+        return
+    keys = list(zip(carry["entity"], carry["attribute"]))
+    if not complete and before is not None and len(keys) < len(before) and keys == before[:len(keys)]:
+        if notes is not None:
+            notes.append(f"{path}: the last step {time} has only the first {len(keys)} of the {len(before)} rows "
+                         "of the step before (a run stopped while writing it): dropped it")
+        return
+    yield carry
+
+
+class _Head(io.RawIOBase):
+    """The first `limit` bytes of a binary file (the whole lines of a table cut short)."""
+
+    def __init__(self, raw, limit: int):
+        self.raw, self.left = raw, int(limit)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self.left)
+        if n <= 0:
+            return 0
+        got = self.raw.readinto(memoryview(buffer)[:n])
+        self.left -= got
+        return got
+
+
+def _whole_size(path: Path) -> tuple[int, int]:
+    """(the file's size, the size of its whole lines: up to and including its last newline)."""
+    size = path.stat().st_size
+    block = 1 << 16
+    with open(path, "rb") as f:
+        end = size
+        while end > 0:
+            start = max(0, end - block)
+            f.seek(start)
+            data = f.read(end - start)
+            k = data.rfind(b"\n")
+            if k >= 0:
+                return size, start + k + 1
+            end = start
+    return size, 0
+
+
+def _first_bad_line(path: Path, whole: int) -> str | None:
+    """The first line of the table (its whole part) that is not a row (time, entity, attribute, number), said
+    in one line; None if every line is one. Only on the error path: it reads the file again."""
+    with open(path, "rb") as raw:
+        for lineno, line in enumerate(io.BufferedReader(_Head(raw, whole)), start=1):
+            try:
+                text = line.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                return f"{path}, line {lineno}: not UTF-8 text: the table is damaged (not a results table?)"
+            if lineno == 1:
+                continue
+            row = next(csv.reader([text]), [])
+            problem = None
+            if len(row) != len(COLUMNS):
+                problem = f"has {len(row)} field(s), not {len(COLUMNS)} ({', '.join(COLUMNS)})"
+            else:
+                try:
+                    float(row[3])
+                except ValueError:
+                    problem = f"column value: {row[3]!r} is not a number"
+            if problem is not None:
+                shown = text if len(text) <= 80 else text[:77] + "..."
+                return f"{path}, line {lineno}: {shown!r} {problem}: the table is damaged"
+    return None
 
 
 def _plain(frame: pd.DataFrame) -> pd.DataFrame:

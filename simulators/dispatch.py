@@ -25,6 +25,7 @@ from .problem import FEASIBILITY_TOL, Problem, make_feasible
 from .reference import Reference
 from .relaxation import solve_dchr
 from .results import MethodOutput, RelaxedSolution
+from .tables import json_safe
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,8 @@ class DispatchResult:
         }
 
     def summary_json(self) -> str:
-        return json.dumps(self.summary(), sort_keys=False)
+        """The summary as one JSON line: every number finite or null (never NaN / Infinity, not JSON)."""
+        return json.dumps(json_safe(self.summary()), sort_keys=False, allow_nan=False)
 
 
 def method_info(method: str) -> Method:

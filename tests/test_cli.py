@@ -141,7 +141,8 @@ def test_warns_when_no_session_meets_the_horizon(tmp_path, capsys, fleet50_files
     code, stdout, stderr = run(capsys, "dispatch", "--sessions", sessions, "--signal", signal,
                                "--method", "uncontrolled", "--out", tmp_path / "r.csv")
     assert code == 0 and json.loads(stdout)["n_steps"] == 2
-    assert stderr.startswith("evagg: warning: no session is plugged in")
+    assert stderr.startswith("evagg: warning: ") and "0 % of the sessions' plugged time" in stderr
+    assert stderr.count("\n") == 1  # said once
 
 
 def test_non_finite_dispatch_is_not_written(tmp_path, capsys, fleet50_files, monkeypatch):

@@ -144,7 +144,7 @@ def test_acn_strict_and_nothing_written(tmp_path, capsys):
     with pytest.raises(InputError, match="item 4"):
         read_acn(path, strict=True)
     assert main(["import", "acn", str(path), "--out", str(path)]) == 2  # never over the input
-    assert "is the input file" in capsys.readouterr().err and json.loads(path.read_text())["_items"]
+    assert "which this command reads" in capsys.readouterr().err and json.loads(path.read_text())["_items"]
     only_dirty = write_acn(tmp_path / "dirty.json", DIRTY_ACN[:3])
     assert main(["import", "acn", str(only_dirty), "--out", str(out)]) == 2
     assert "holds no session" in capsys.readouterr().err and not out.exists()

@@ -232,7 +232,9 @@ def test_own_process_gives_identical_results(in_process, files, how):
     if how == "cmd":
         config = {"cmd": f"{exe} -m evagg.plugin %(addr)s", "posix": True}
     elif how == "evagg-mosaik":
-        script = shutil.which("evagg-mosaik")
+        # the script of the installation under test (beside this Python), not another one found on PATH
+        beside = Path(sys.executable).parent / "evagg-mosaik"
+        script = str(beside) if beside.exists() else shutil.which("evagg-mosaik")
         if script is None:
             pytest.skip("the evagg-mosaik console script is not installed (pip install -e . after setup.cfg)")
         config = {"cmd": f"{shlex.quote(script)} %(addr)s", "posix": True}
