@@ -255,6 +255,19 @@ def test_options_and_policy_settings():
     assert Options.make("grid_impact", policies="dcls,dcls@known").policies == ("dcls", "dcls@known")
 
 
+def test_grid_impact_compares_information_by_default():
+    """Without --policies, grid_impact runs the method also with the other information (the cost of information in
+    every comparison), against the run's own settings; none where the setting would change nothing."""
+    tail = lambda **kw: tuple(p for p in Options.make("grid_impact", **kw).policies if "@" in p)  # noqa: E731
+    assert tail() == ("dcls@known", "dcls@noisy")
+    assert tail(method="edf") == ("edf@known", "edf@noisy") and tail(method="edf")[0].base == "edf"
+    assert tail(arrivals="known") == ("dcls@on_plug", "dcls@noisy")  # the run knows: the variant does not
+    assert tail(forecast="noisy") == ("dcls@known", "dcls@perfect")
+    assert Options.make("grid_impact", method="peak_shaving").policies[-1] == "peak_shaving@known"  # own forecast
+    assert not any("@" in p for p in Options.make("grid_impact", method="uncontrolled").policies)  # plans nothing
+    assert Options.make("grid_impact", policies="dcls,edf").policies == ("dcls", "edf")  # as given
+
+
 def test_grid_impact_compares_information_settings(tmp_path):
     pytest.importorskip("simbench")
     pytest.importorskip("mosaik_components.pandapower")
