@@ -311,6 +311,9 @@ def test_evagg_run_prints_the_summary_table(tmp_path, capsys):
     assert stdout.strip().endswith(f"results: {out}")
     s = summary_of(out)
     assert s["complete"] and s["options"]["evs"] == 4 and s["options"]["seed"] == 2 and s["figures"]["steps"] == 3
+    # no information option: an EV is planned once plugged in, the reference's next steps known, and it says so
+    assert s["options"]["arrivals"] == s["information"]["arrivals"] == "on_plug"
+    assert s["information"]["forecast"] == "perfect" and s["information"]["departures"] == "actual"
     assert not any((out / f).exists() for f in PLOTS)
     # `evagg report DIR` makes the plots and the same table again
     code, again, stderr = run_cli(capsys, "report", out)
