@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from evagg.plugin.reference_sim import ReferenceSim
+from evagg.scenarios import report
 from evagg.scenarios.errors import ScenarioError
+from evagg.scenarios.folder import read_json
 from evagg.scenarios.options import Options, Policy
 from evagg.scenarios.cli import main as evagg
 from evagg.simulators.aggregator import ARRIVALS, Aggregator, ghost_sessions
@@ -339,3 +341,5 @@ def test_grid_impact_compares_information_settings(tmp_path):
     fk, fb = runs["dcls@known"]["figures"], runs["dcls"]["figures"]
     assert cost["tracking_rmse_kw"] == pytest.approx(fk["tracking_rmse_kw"] - fb["tracking_rmse_kw"], abs=1e-6)
     assert "dcls@known - dcls" in top["table"]
+    assert report.remake(tmp_path / "gi") == top["table"]  # `evagg report DIR` prints the same, costs included
+    assert read_json(tmp_path / "gi" / "summary.json")["information_costs"] == top["information_costs"]
