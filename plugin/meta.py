@@ -117,6 +117,18 @@ def read_params(sim: str, model: str, spec: ModelSpec, given: Mapping[str, Any],
     return out
 
 
+def params_markdown(spec: ModelSpec) -> str:
+    """The parameters of `spec` as the Markdown table of plugin/README.md (tests/test_readme.py checks that the
+    README shows exactly this): name, default ("-": none, or the model's own as the text says), what it is (units
+    as its text gives them) and the check `read_params` applies ("-": none here; the model checks it)."""
+    lines = ["| parameter | default | what it is | checked at creation |", "|---|---|---|---|"]
+    for p in spec.params:
+        default = "-" if p.default is None else f"`{p.default}`"
+        doc = p.doc.replace("|", "\\|")  # a bar would end the cell
+        lines.append(f"| `{p.name}` | {default} | {doc} | {p.expects or '-'} |")
+    return "\n".join(lines)
+
+
 def read_outputs(sim: str, eid: str, spec: ModelSpec, attrs: Iterable[str], source: Any) -> dict:
     """The mosaik values of the outputs `attrs` of entity `eid` (model `spec`), each read from `source` by its
     Attr's source name (None, all of them, while `source` is None: nothing stepped yet)."""
@@ -194,16 +206,20 @@ AGGREGATOR_PARAMS = (
     Param("grid_buses", "the grid's bus indices: a session at another bus is an error at creation",
           check=lambda v: all(whole(0)(b) for b in v), expects=_BUSES),
     Param("method", "the dispatch method (None: the engine's default)"),
-    Param("horizon", "steps planned ahead (None: the engine's DEFAULT_HORIZON)"),
+    Param("horizon", "steps planned ahead, the current one included (None: the engine's DEFAULT_HORIZON, 16)"),
     Param("time_limit", "solver time limit per re-dispatch, s", check=number(0.0), expects="a number of seconds >= 0"),
-    Param("forecast", "a signal CSV giving the reference's future (None or 'hold': the current reference is held)"),
+    Param("forecast", "a signal CSV giving the reference's future where no P_forecast[MW] arrives (None or "
+                      "'hold': the current reference is held; a noisy forecast comes from the Signal's "
+                      "forecast_error)"),
     Param("start", "the time of mosaik time 0 (ISO 8601), if not the simulator's start_date"),
     Param("end", "end of the study period (ISO 8601): plans never reach past it (a shrinking horizon)"),
     Param("arrivals", "what the aggregator knows of its sessions: on_plug (an EV is planned once plugged in, with "
-                      "its declared departure), known (arrivals known ahead: foresight) or forecast (on_plug plus "
-                      "expected arrivals from the fleet's arrival profile); see evagg.simulators.aggregator",
+                      "its declared departure, the sessions' departure_declared), known (arrivals and actual "
+                      "departures known ahead: foresight) or forecast (on_plug plus expected arrivals drawn from "
+                      "the fleet's arrival profile by hour of day); see evagg.simulators.aggregator",
           default=ARRIVALS[0], check=lambda v: v in ARRIVALS, expects=f"one of {', '.join(ARRIVALS)}"),
-    Param("arrivals_seed", "seed of the expected arrivals (arrivals='forecast')", default=0, check=whole(0),
+    Param("arrivals_seed", "seed of the expected arrivals (arrivals='forecast'; ignored otherwise)", default=0,
+          check=whole(0),
           expects="a whole number >= 0"),
 )
 
@@ -238,7 +254,8 @@ AGGREGATOR_MODELS: dict[str, ModelSpec] = {
             Attr("shortfall[MWh]", "cumulative target energy not delivered at departure", source="shortfall_kwh",
                  factor=KW_PER_MW),
             Attr("need_unmet[MWh]", "cumulative departure need (the spec's: what charging flat out would give) not "
-                                    "delivered; only grid limits can cause it", source="need_unmet_kwh",
+                                    "delivered; only grid limits, or a departure before the declared one, can "
+                                    "cause it", source="need_unmet_kwh",
                  factor=KW_PER_MW),
             Attr("plugged_at_end", "EVs plugged in in this step that leave after it (if the run ended here: the EVs "
                                    "still plugged in at its end)", source="plugged_at_end", kind=int),
@@ -290,15 +307,18 @@ REFERENCE_MODELS: dict[str, ModelSpec] = {
             Param("scale_kw", "scale of the diurnal shape (no fleet), kW"),
             Param("n_steps", "steps of the synthetic signal (default: to until, else a day)", check=whole(1),
                   expects="a whole number >= 1"),
-            Param("forecast_steps", "the next steps sent as P_forecast[MW]", default=0, check=whole(0),
+            Param("forecast_steps", "the next steps sent as P_forecast[MW] (steps; 0: none, the aggregator holds "
+                                    "the current reference)", default=0, check=whole(0),
                   expects="a whole number >= 0"),
             Param("forecast_error", "P_forecast[MW] with seeded errors growing with the lead time: their standard "
                                     "deviation at a lead of 1 h, in % of the signal's spread (its standard "
                                     "deviation); 0: the signal's own values (evagg.simulators.reference)",
                   default=0.0, check=number(0.0, 1000.0), expects="a number in [0, 1000] (%)"),
-            Param("forecast_seed", "seed of the forecast errors", default=0, check=whole(0),
+            Param("forecast_seed", "seed of the forecast errors (each step's forecast its own draw, the same "
+                                   "for a re-planned step)", default=0, check=whole(0),
                   expects="a whole number >= 0"),
-            Param("until", "the mosaik time the run ends: a signal that does not cover it is an error at creation"),
+            Param("until", "the mosaik time the run ends (mosaik time units): a signal that does not cover it is "
+                           "an error at creation"),
             Param("start", "the time of mosaik time 0 (ISO 8601), if not the simulator's start_date"),
         ),
         outputs=(

@@ -53,7 +53,9 @@ sessions table (CSV, one row per plug-in session, header on line 1):
   p_charge_max_kw      charger power, kW (>= 0)
   p_discharge_max_kw   V2G discharge power, kW (0 = no V2G)
   eta_charge, eta_discharge   efficiencies in (0, 1]
-  optional: energy_min_kwh (floor, kWh, default 0), bus (grid bus index); other columns are kept"""
+  optional: energy_min_kwh (floor, kWh, default 0), bus (grid bus index), departure_declared (what the
+    driver declared: the plan uses it, the EV still leaves at departure; see the summary's "departures");
+    other columns are kept"""
 
 SIGNAL_FORMAT = """\
 reference signal table (CSV): time (ISO 8601, a regular grid of whole seconds; step k covers

@@ -5,9 +5,10 @@
 
 The policies are ``uncontrolled`` (every EV charges flat out from its arrival), ``edf`` (earliest departure first,
 following the reference), the method given (default ``dcls``: tracking only), the same under a grid operator's
-limits (``dcls+grid``: grid-aware) and ``peak_shaving`` (dcls following the room below a flat target on the
-feeder instead of the signal), or the list ``policies=(...)`` (see `evagg.scenarios.options.Policy`; ``no_evs``
-runs the feeder alone). Each runs the
+limits (``dcls+grid``: grid-aware), ``peak_shaving`` (dcls following the room below a flat target on the
+feeder instead of the signal) and the method with other information, ``dcls@known`` and ``dcls@noisy`` (below;
+`evagg.scenarios.options.default_policies`), or the list ``policies=(...)`` (see
+`evagg.scenarios.options.Policy`; ``no_evs`` runs the feeder alone). Each runs the
 world of `evagg.scenarios.feeder_day` into its own subfolder (``<out>/<policy>/``: results.csv, summary.json,
 plots); the folder itself gets ``comparison.csv`` (figures x policies), ``summary.json`` (every policy's figures)
 and ``policies.png`` (EV power, lowest bus voltage, most loaded line and transformer over time, per policy).
@@ -17,7 +18,7 @@ Information settings side by side: a policy with ``@`` settings runs with other 
 policy without them ran too, ``information_costs`` in summary.json (and the printed table's last lines) give the
 difference of the tracking RMSE, shortfall, EV peak, transformer peak and lowest voltage, variant minus the
 policy as run: the cost of not knowing (``dcls`` - ``dcls@known`` with the default on_plug) or of a worse forecast
-(``dcls@noisy`` - ``dcls``).
+(``dcls@noisy`` - ``dcls``); `evagg.scenarios.report.information_costs` computes them (also for ``evagg report``).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from .errors import Interrupted, RunFailed
 from .folder import SUMMARY, check_out, make_out, read_json, write_json
 from .feeder_day import run_into
 from .inputs import check_inputs
-from .options import Options, Policy
+from .options import Options
 
 
 def main(**options) -> dict:
@@ -68,44 +69,7 @@ def run(opts: Options) -> dict:
         progress.close()
     top = report.finish(out, top, runs, plots=opts.plots)
     top["timing"]["total_s"] = elapsed(t0)
-    top["information_costs"] = information_costs(runs)
     write_json(out / SUMMARY, top)
     top["out"] = str(out)
-    top["table"] = report.table_text(report.with_penalties(runs)) + costs_text(top["information_costs"])
+    top["table"] = report.comparison_text(runs)
     return top
-
-
-# The figures an information setting is compared on: key, label, digits.
-COST_FIGURES = (("tracking_rmse_kw", "tracking RMSE [kW]", 2), ("energy_shortfall_kwh", "energy shortfall [kWh]", 2),
-                ("need_unmet_kwh", "need unmet [kWh]", 2), ("ev_peak_kw", "EV peak [kW]", 1),
-                ("trafo_loading_max_pct", "max transformer loading [%]", 1), ("v_min_pu", "min bus voltage [pu]", 4))
-
-
-def information_costs(runs: dict) -> dict:
-    """{variant: {"vs": its policy without @ settings, "information": its settings, figure: variant - base}} for
-    every policy with @ settings whose base policy ran too (None where a figure is missing)."""
-    costs = {}
-    for name, s in runs.items():
-        base = Policy(name).base
-        if base == name or base not in runs:
-            continue
-        f, fb = s.get("figures") or {}, runs[base].get("figures") or {}
-        row = {"vs": base, "information": s.get("information"), "base_information": runs[base].get("information")}
-        for key, _, digits in COST_FIGURES:
-            a, b = f.get(key), fb.get(key)
-            row[key] = None if a is None or b is None else round(a - b, digits + 2)
-        costs[name] = row
-    return costs
-
-
-def costs_text(costs: dict) -> str:
-    """The printed table of `information_costs`, figures x variants ("" without any)."""
-    if not costs:
-        return ""
-    rows = [["information: variant minus as run", *(f"{name} - {row['vs']}" for name, row in costs.items())]]
-    for key, label, digits in COST_FIGURES:
-        rows.append([label, *("-" if row[key] is None else f"{row[key]:+.{digits}f}" for row in costs.values())])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n\n" + "\n".join(lines)

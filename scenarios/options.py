@@ -37,7 +37,7 @@ DEFAULT_GRID = "1-LV-rural2--0-sw"  # simbench's rural LV feeder: 97 buses, 99 l
 # holds the evening peak, the night and the morning
 DEFAULT_STUDY_START = "2026-01-14T12:00:00"
 DEFAULT_METHOD = "dcls"
-DEFAULT_POLICIES = ("uncontrolled", "edf", "dcls", "dcls+grid", "peak_shaving")
+DEFAULT_POLICIES = ("uncontrolled", "edf", "dcls", "dcls+grid", "peak_shaving", "dcls@known", "dcls@noisy")
 RESULTS_FORMATS = ("auto", "csv", "parquet")
 LONG_RUN_DAYS = 7  # results_format auto: runs longer than this write Parquet
 
@@ -256,7 +256,8 @@ class Options:
                              "comma-separated policies to compare (methods, <method>+grid, peak_shaving[+grid], "
                              "no_evs; @<setting> runs one with other information, e.g. dcls@known, dcls@noisy)",
                              metavar="LIST", default_text=",".join(DEFAULT_POLICIES) + " (with --method "
-                             "M: uncontrolled,edf,M,M+grid,peak_shaving)")
+                             "M: uncontrolled,edf,M,M+grid,peak_shaving,M@known,M@noisy; the last two give the "
+                             "cost of information)")
     coupling: str = option(COUPLINGS[0], "choice", "grid-aware policies: the operator's limits act one step late "
                            "(delayed: mosaik time-shifted connections) or are settled within each step (iterative: "
                            "a same-step loop of grid, aggregators and operator)", choices=COUPLINGS,
@@ -369,15 +370,30 @@ class Options:
                                     f"{v['evs']} EV(s) of {OPTIONS['evs'].cli_flag}: every aggregator needs at "
                                     "least one EV")
             v["aggregators"] = v["evs"]
-        if "policies" not in given and "method" in given:
-            v["policies"] = tuple(dict.fromkeys(Policy(p) for p in (
-                "uncontrolled", "edf", v["method"], f"{v['method'].method}+grid", "peak_shaving")))
+        if "policies" not in given:
+            v["policies"] = default_policies(v["method"], v["arrivals"], v["forecast"])
         ts = pd.Timestamp(v["start"])
         if (ts - ts.normalize()).total_seconds() % round(step_s):
             raise ScenarioError(f"start {v['start']} must fall on a boundary of the {v['step_min']:g}-minute steps")
         if "remote" not in given:
             v["remote"] = scenario == "remote"
         return cls(**v)
+
+
+def default_policies(method: Policy, arrivals: str, forecast: str) -> tuple:
+    """grid_impact's policies without --policies: uncontrolled, edf, the method, the method under the grid
+    operator's limits, peak_shaving, then the method with other information, so that the cost of information is
+    in every comparison: ``@known`` (the arrivals known ahead; ``@on_plug`` where the run already knows them) and
+    ``@noisy`` (a noisy forecast of the reference; ``@perfect`` where the run's is noisy). A setting that the
+    method fixes itself, or that changes nothing (uncontrolled plans nothing; peak_shaving makes its own
+    forecast; no_evs has no EVs), has no variant. With the default method: DEFAULT_POLICIES."""
+    names = ["uncontrolled", "edf", method, f"{method.method}+grid", "peak_shaving"]
+    if method.reference != "none" and method.method != "uncontrolled":
+        if method.arrivals is None:
+            names.append(f"{method}@{'on_plug' if arrivals == 'known' else 'known'}")
+        if method.forecast is None and method.reference == "signal":
+            names.append(f"{method}@{'perfect' if forecast == 'noisy' else 'noisy'}")
+    return tuple(dict.fromkeys(Policy(p) for p in names))
 
 
 def own_sessions(path) -> Fleet:

@@ -40,9 +40,10 @@ from evagg.simulators.collector import TableError, iter_table, read_table
 
 from .errors import ScenarioError
 from .folder import RESULTS, RESULTS_PARQUET, SUMMARY, TIMING, read_json, results_file, write_json
+from .options import Policy
 
 __all__ = ["figures", "scan", "Scan", "summarize", "plot_run", "plot_policies", "table_text", "comparison_frame", "finish",
-           "with_penalties", "remake", "FIGURES", "wide"]
+           "with_penalties", "remake", "FIGURES", "wide", "information_costs", "comparison_text"]
 
 # key, label, format
 FIGURES = (
@@ -435,6 +436,7 @@ def finish(out: Path, top: dict, runs: dict, plots: bool = True) -> dict:
         top["timing"]["total_s"] = total
     top["complete"] = (bool(runs) and all(s.get("complete") for s in runs.values())
                        and list(runs) == list(top["options"]["policies"]))
+    top["information_costs"] = information_costs(runs)
     frame = comparison_frame(runs)
     frame.index.name = "figure"
     frame.to_csv(out / "comparison.csv", lineterminator="\n")
@@ -458,6 +460,47 @@ def with_penalties(runs: dict) -> dict:
                                                                         - fb["tracking_rmse_kw"], 4)))
         out[name] = s
     return out
+
+
+def comparison_text(runs: dict) -> str:
+    """The printed comparison of grid_impact's policies: their figures, then the costs of information."""
+    return table_text(with_penalties(runs)) + costs_text(information_costs(runs))
+
+
+# The figures an information setting is compared on: key, label, digits.
+COST_FIGURES = (("tracking_rmse_kw", "tracking RMSE [kW]", 2), ("energy_shortfall_kwh", "energy shortfall [kWh]", 2),
+                ("need_unmet_kwh", "need unmet [kWh]", 2), ("ev_peak_kw", "EV peak [kW]", 1),
+                ("trafo_loading_max_pct", "max transformer loading [%]", 1), ("v_min_pu", "min bus voltage [pu]", 4))
+
+
+def information_costs(runs: dict) -> dict:
+    """{variant: {"vs": its policy without @ settings, "information": its settings, figure: variant - base}} for
+    every policy with @ settings whose base policy ran too (None where a figure is missing)."""
+    costs = {}
+    for name, s in runs.items():
+        base = Policy(name).base
+        if base == name or base not in runs:
+            continue
+        f, fb = s.get("figures") or {}, runs[base].get("figures") or {}
+        row = {"vs": base, "information": s.get("information"), "base_information": runs[base].get("information")}
+        for key, _, digits in COST_FIGURES:
+            a, b = f.get(key), fb.get(key)
+            row[key] = None if a is None or b is None else round(a - b, digits + 2)
+        costs[name] = row
+    return costs
+
+
+def costs_text(costs: dict) -> str:
+    """The printed table of `information_costs`, figures x variants ("" without any)."""
+    if not costs:
+        return ""
+    rows = [["information: variant minus as run", *(f"{name} - {row['vs']}" for name, row in costs.items())]]
+    for key, label, digits in COST_FIGURES:
+        rows.append([label, *("-" if row[key] is None else f"{row[key]:+.{digits}f}" for row in costs.values())])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(widths[0]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n\n" + "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------- plots
@@ -835,7 +878,7 @@ def remake(out) -> str:
         if not runs:
             raise ScenarioError(f"{out}: no policy has results yet")
         summary = finish(out, summary, runs)
-        return table_text(runs)
+        return comparison_text(runs)
     summary = _remake_run(out)
     return table_text({summary.get("method", "run"): summary})
 

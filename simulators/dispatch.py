@@ -74,6 +74,10 @@ class DispatchResult:
     relaxed: RelaxedSolution | None = None
     relaxed_solves: int = 0  # how often the relaxation was solved (first solve and mode-fixing rounds)
     needs_lowered_kwh: float = 0.0  # departure needs given up because the grid limits left them out of reach
+    # Sessions with a declared departure (`Fleet.departure_declared`): the plan made with the declared departures,
+    # of which this result is the execution (see `dispatch`); None where the plan used the actual departures.
+    plan: "DispatchResult | None" = None
+    idle_plugged_h: float = 0.0  # EV-hours plugged in after the declared departure (not planned, drawing nothing)
 
     @property
     def aggregate_kw(self) -> np.ndarray:
@@ -100,7 +104,8 @@ class DispatchResult:
         if self.lower_bound is None:
             return None
         floor = 1e-6 * max(float(self.p_ref_kw @ self.p_ref_kw), 1.0)
-        return (self.sse - self.lower_bound) / max(self.lower_bound, floor)
+        sse = (self.plan or self).sse  # the bound is the plan's (with declared departures: not of what happened)
+        return (sse - self.lower_bound) / max(self.lower_bound, floor)
 
     def to_frame(self) -> pd.DataFrame:
         """The dispatch result table of the spec: one row per plugged (EV, step), in time then EV order."""
@@ -137,10 +142,23 @@ class DispatchResult:
             "certain_shortfall_kwh": float(self.problem.certain_shortfall(self.energy).sum()),
             "limit_rows": 0 if self.problem.limits is None else self.problem.limits.n_rows,
             "needs_lowered_kwh": self.needs_lowered_kwh,
+            **self._departures(),
             "violations": self.violations,
             "solve_time_s": self.solve_time_s,
             "iterations": self.iterations,
         }
+
+    def _departures(self) -> dict:
+        """Which departures the plan used and what the declared ones cost (see `dispatch`)."""
+        if self.plan is None:
+            return {"departures": "actual"}
+        early = self.problem.stop < self.plan.problem.stop
+        late = self.problem.stop > self.plan.problem.stop
+        return {"departures": "declared", "planned_sse_kw2": self.plan.sse,
+                "sessions_leaving_before_declared": int(early.sum()),
+                "sessions_leaving_after_declared": int(late.sum()),
+                "shortfall_by_early_departures_kwh": float(self.shortfall_kwh[early].sum()),
+                "idle_plugged_h": self.idle_plugged_h}
 
     def summary_json(self) -> str:
         """The summary as one JSON line: every number finite or null (never NaN / Infinity, not JSON)."""
@@ -167,6 +185,10 @@ def dispatch(
 ) -> DispatchResult:
     """Dispatch `fleet` to follow `reference` over the reference's whole horizon with `method`.
 
+    Sessions with a declared departure (`fleet.departure_declared`, and no `problem` given) are planned with it and
+    the plan is then carried out as the sessions really go (`_as_declared`): an EV that leaves earlier loses the
+    plan's power after it left (its shortfall counts), one that stays is plugged in idle after the declared time.
+
     Never raises for a solver's failure: the result then holds a feasible fallback and says so in
     `status` / `message`. `problem` may be passed to reuse one already built for this fleet and time grid.
     `warm_start` (dcls only): a relaxed answer on this problem's grid, e.g. `dcls.shifted(previous.relaxed, k, T)`
@@ -178,6 +200,8 @@ def dispatch(
     then judge their mode-fixing rounds on those steps (integer.cut_and_fix). The whole plan stays feasible.
     """
     info = method_info(method)
+    if problem is None and fleet.departure_declared is not None:
+        return _as_declared(fleet, reference, method, time_limit_s, warm_start, limits, applied_steps)
     if problem is None:
         problem = Problem.build(fleet, reference.start, reference.step, reference.n_steps)
     if limits is not None:
@@ -232,6 +256,28 @@ def dispatch(
         relaxed_solves=out.relaxed_solves,
         needs_lowered_kwh=float(np.sum(asked.need_end - problem.need_end)),
     )
+
+
+def _as_declared(fleet: Fleet, reference: Reference, method: str, time_limit_s, warm_start, limits,
+                 applied_steps) -> DispatchResult:
+    """The dispatch of sessions whose drivers declared their departures: the plan that the declared times allow
+    (what an aggregator knows at plug-in), carried out until each EV's actual departure. Leaving before the
+    declared time cuts the plan's later steps (less power than planned: the tracking and the shortfall say what it
+    cost); staying after it adds plugged steps that draw nothing (`idle_plugged_h`). The result's `problem` is the
+    sessions' actual one (its table rows are the steps the EVs were plugged in), `plan` the plan itself, and
+    `violations` the plan's (leaving early is the driver's doing, not a broken constraint)."""
+    plan = dispatch(replace(fleet, departure=fleet.departure_declared, departure_declared=None), reference,
+                    method=method, time_limit_s=time_limit_s, warm_start=warm_start, limits=limits,
+                    applied_steps=applied_steps)
+    actual = Problem.build(replace(fleet, departure_declared=None), reference.start, reference.step,
+                           reference.n_steps)
+    if plan.problem.limits is not None:
+        actual = actual.with_limits(plan.problem.limits)
+    on = actual.plugged
+    pc, pd = np.where(on, plan.pc, 0.0), np.where(on, plan.pd, 0.0)
+    idle = on & ~plan.problem.plugged
+    return replace(plan, problem=actual, pc=pc, pd=pd, energy=actual.energy(pc, pd), plan=plan,
+                   idle_plugged_h=float(idle.sum() * actual.dt_h))
 
 
 def _uncontrolled(problem: Problem):

@@ -330,3 +330,25 @@ def test_round_trip_dispatch_and_run(tmp_path, capsys):
                                 "b": np.concatenate([p.bus for p in parts])}).drop_duplicates()
     assert not station_bus.s.duplicated().any()  # one station, one bus (over the aggregators)
     assert all((p.arrival >= start).all() for p in parts)
+
+
+def test_elaad_round_trip_dispatch_and_run(tmp_path, capsys):
+    """An imported ElaadNL table is accepted by `evagg dispatch` and by `evagg run --sessions` too."""
+    path = tmp_path / "transactions.csv"
+    path.write_text("\n".join([ELAAD_HEADER] + ELAAD_ROWS[:2]) + "\n")
+    sessions = tmp_path / "sessions.csv"
+    assert main(["import", "elaad", str(path), "--out", str(sessions)]) == 0
+    assert json.loads(capsys.readouterr().out)["n_sessions"] == 2
+    signal = tmp_path / "signal.csv"
+    write_reference(Reference(np.datetime64("2019-01-01T11:30:00"), np.timedelta64(900, "s"), np.full(24, 2.0)),
+                    signal)
+    result = tmp_path / "result.csv"
+    assert main(["dispatch", "--sessions", str(sessions), "--signal", str(signal), "--out", str(result)]) == 0
+    dispatched = json.loads(capsys.readouterr().out)
+    assert dispatched["n_evs"] == 2 and not any(dispatched["violations"].values()) and result.is_file()
+    out = tmp_path / "run"
+    code = main(["run", "--sessions", str(sessions), "--steps", "4", "--out", str(out), "--no-plots",
+                 "--no-progress", "--aggregators", "1"])
+    assert code == 0, capsys.readouterr().err
+    run = json.loads((out / "summary.json").read_text())
+    assert run["complete"] and run["options"]["start"] == "2019-01-01T11:30:00" and run["options"]["evs"] == 1

@@ -8,13 +8,18 @@ import numpy as np
 import pytest
 
 from evagg.plugin.reference_sim import ReferenceSim
+from evagg.scenarios import report
 from evagg.scenarios.errors import ScenarioError
+from evagg.scenarios.folder import read_json
 from evagg.scenarios.options import Options, Policy
+from evagg.scenarios.cli import main as evagg
 from evagg.simulators.aggregator import ARRIVALS, Aggregator, ghost_sessions
+from evagg.simulators.dispatch import dispatch
 from evagg.simulators.fleet import Fleet
 from evagg.simulators.reference import Reference, forecast_errors, spread_kw
 from evagg.simulators.synthetic import synthetic_fleet, synthetic_reference
-from evagg.simulators.tables import InputError, read_sessions, write_sessions
+from evagg.simulators.tables import (InputError, read_dispatch, read_sessions, write_reference,
+                                     write_sessions)
 
 START = "2026-06-01T00:00:00"
 STEP = 900
@@ -167,6 +172,56 @@ def test_the_sessions_table_reads_departure_declared(tmp_path):
         one_session("2026-06-01T08:00", "2026-06-01T10:00", declared="2026-06-01T07:00")
 
 
+def flat_reference(kw: float, hours: int = 8, at: str = "2026-06-01T08:00") -> Reference:
+    return Reference(np.datetime64(at, "s"), np.timedelta64(STEP, "s"), np.full(hours * 4, kw))
+
+
+def test_the_batch_dispatch_plans_with_the_declared_departure_and_counts_leaving_early():
+    """`dispatch` (evagg dispatch): declared 14:00, gone at 10:00, a 0 kW reference: the plan spreads the charge up
+    to 14:00, the EV leaves at 10:00 with what it got until then, and that shortfall is counted; no power after it
+    left. Without the declaration (or knowing the real departure) it leaves with its target."""
+    told = one_session("2026-06-01T08:00", "2026-06-01T10:00", declared="2026-06-01T14:00")
+    res = dispatch(told, flat_reference(0.0))
+    s = res.summary()
+    assert s["departures"] == "declared" and s["sessions_leaving_before_declared"] == 1
+    assert res.plan.problem.stop[0] == 24 and res.problem.stop[0] == 8  # planned to 14:00, plugged to 10:00
+    assert np.all(res.pc[:, 8:] == 0.0) and np.all(res.plan.pc[:, :8] == res.pc[:, :8])  # the plan, cut at 10:00
+    e_dep = res.energy[0, 7]
+    assert s["shortfall_kwh"] == pytest.approx(30.0 - e_dep) and s["shortfall_kwh"] > 1.0
+    assert s["shortfall_by_early_departures_kwh"] == s["shortfall_kwh"]
+    assert not any(s["violations"].values())  # the plan was feasible: leaving early is the driver's doing
+    assert res.plan.summary()["shortfall_kwh"] == 0.0 and s["planned_sse_kw2"] == res.plan.sse
+    assert len(res.to_frame()) == 8  # the rows are the steps the EV was plugged in
+    honest = dispatch(one_session("2026-06-01T08:00", "2026-06-01T10:00"), flat_reference(0.0))
+    assert honest.summary()["departures"] == "actual" and honest.plan is None
+    assert honest.summary()["shortfall_kwh"] == 0.0 and honest.energy[0, 7] >= 30.0 - 1e-6
+
+
+def test_the_batch_dispatch_counts_staying_past_the_declared_departure_as_idle():
+    res = dispatch(one_session("2026-06-01T08:00", "2026-06-01T14:00", declared="2026-06-01T10:00"),
+                   flat_reference(5.0))
+    s = res.summary()
+    assert s["sessions_leaving_after_declared"] == 1 and s["idle_plugged_h"] == pytest.approx(4.0)
+    assert s["shortfall_kwh"] == 0.0 and res.energy[0, 7] >= 30.0 - 1e-6  # charged by the declared 10:00
+    assert np.all(res.pc[0, 8:] == 0.0) and np.all(res.energy[0, 8:24] == res.energy[0, 7])  # plugged, idle
+    table = res.to_frame()
+    assert len(table) == 24 and table["p_charge_kw"].iloc[8:].eq(0.0).all()  # still plugged in until 14:00
+
+
+def test_evagg_dispatch_honours_departure_declared(tmp_path, capsys):
+    told = one_session("2026-06-01T08:00", "2026-06-01T10:00", declared="2026-06-01T14:00")
+    write_sessions(told, tmp_path / "s.csv")
+    write_reference(flat_reference(0.0), tmp_path / "r.csv")
+    code = evagg(["dispatch", "--sessions", str(tmp_path / "s.csv"), "--signal", str(tmp_path / "r.csv"),
+                  "--out", str(tmp_path / "out.csv")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    s = __import__("json").loads(out)
+    assert s["departures"] == "declared" and s["shortfall_kwh"] > 1.0 and s["sessions_leaving_before_declared"] == 1
+    result = read_dispatch(tmp_path / "out.csv")
+    assert result["time"].max() < np.datetime64("2026-06-01T10:00")  # no row after the EV left
+
+
 def read_sessions_without(tmp_path, head, rows):
     path = tmp_path / "plain.csv"
     path.write_text("\n".join(line.rsplit(",", 1)[0] for line in (head + rows).splitlines()) + "\n")
@@ -255,6 +310,19 @@ def test_options_and_policy_settings():
     assert Options.make("grid_impact", policies="dcls,dcls@known").policies == ("dcls", "dcls@known")
 
 
+def test_grid_impact_compares_information_by_default():
+    """Without --policies, grid_impact runs the method also with the other information (the cost of information in
+    every comparison), against the run's own settings; none where the setting would change nothing."""
+    tail = lambda **kw: tuple(p for p in Options.make("grid_impact", **kw).policies if "@" in p)  # noqa: E731
+    assert tail() == ("dcls@known", "dcls@noisy")
+    assert tail(method="edf") == ("edf@known", "edf@noisy") and tail(method="edf")[0].base == "edf"
+    assert tail(arrivals="known") == ("dcls@on_plug", "dcls@noisy")  # the run knows: the variant does not
+    assert tail(forecast="noisy") == ("dcls@known", "dcls@perfect")
+    assert Options.make("grid_impact", method="peak_shaving").policies[-1] == "peak_shaving@known"  # own forecast
+    assert not any("@" in p for p in Options.make("grid_impact", method="uncontrolled").policies)  # plans nothing
+    assert Options.make("grid_impact", policies="dcls,edf").policies == ("dcls", "edf")  # as given
+
+
 def test_grid_impact_compares_information_settings(tmp_path):
     pytest.importorskip("simbench")
     pytest.importorskip("mosaik_components.pandapower")
@@ -273,3 +341,5 @@ def test_grid_impact_compares_information_settings(tmp_path):
     fk, fb = runs["dcls@known"]["figures"], runs["dcls"]["figures"]
     assert cost["tracking_rmse_kw"] == pytest.approx(fk["tracking_rmse_kw"] - fb["tracking_rmse_kw"], abs=1e-6)
     assert "dcls@known - dcls" in top["table"]
+    assert report.remake(tmp_path / "gi") == top["table"]  # `evagg report DIR` prints the same, costs included
+    assert read_json(tmp_path / "gi" / "summary.json")["information_costs"] == top["information_costs"]

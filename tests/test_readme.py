@@ -1,4 +1,5 @@
-"""The README's "Use it in your own mosaik scenario" snippet runs as written, and its first command is the main job."""
+"""The README's "Use it in your own mosaik scenario" snippet runs as written, its first command is the main job, and
+plugin/README.md's parameter tables are the models' own (evagg.plugin.meta)."""
 from __future__ import annotations
 
 import re
@@ -9,7 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from evagg.plugin.meta import AGGREGATOR_MODELS, REFERENCE_MODELS, params_markdown
+
 README = Path(__file__).resolve().parents[1] / "README.md"
+PLUGIN_README = README.parent / "plugin" / "README.md"
 
 
 def section(title: str) -> str:
@@ -44,3 +48,18 @@ def test_the_mosaik_snippet_runs_as_written(tmp_path):
     assert agg["P[MW]"].max() > 0.005  # the evening EVs draw power
     vm = table[table["attribute"] == "Vm[pu]"]
     assert vm["entity"].str.startswith("Grid-0.Bus-").all() and vm["value"].between(0.9, 1.1).all()
+
+
+def test_the_plugin_readme_shows_every_model_parameter_as_the_table_has_it():
+    """The Aggregator's and the Signal's parameters (what the aggregator knows among them: arrivals, arrivals_seed,
+    the forecast, the forecast error and its seed) with their defaults, as `params_markdown` makes them from the
+    table the models read their parameters from; regenerate the README's block with it after changing one."""
+    text = PLUGIN_README.read_text(encoding="utf-8")
+    blocks = dict(re.findall(r"^<!-- params: (\w+) .*?-->\n(.*?)\n<!-- end params -->", text, flags=re.M | re.S))
+    assert set(blocks) == {"Aggregator", "Signal"}
+    assert blocks["Aggregator"] == params_markdown(AGGREGATOR_MODELS["Aggregator"])
+    assert blocks["Signal"] == params_markdown(REFERENCE_MODELS["Signal"])
+    for name, default in (("arrivals", "`on_plug`"), ("arrivals_seed", "`0`"), ("forecast", "-")):
+        assert f"| `{name}` | {default} |" in blocks["Aggregator"]
+    for name, default in (("forecast_steps", "`0`"), ("forecast_error", "`0.0`"), ("forecast_seed", "`0`")):
+        assert f"| `{name}` | {default} |" in blocks["Signal"]

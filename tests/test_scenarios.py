@@ -240,7 +240,7 @@ def test_a_pandapower_json_grid(tmp_path):
 def test_grid_impact_side_by_side(day, tmp_path):
     out = tmp_path / "impact"
     top = grid_impact.main(out=str(out), **SMALL)
-    policies = ["uncontrolled", "edf", "dcls", "dcls+grid", "peak_shaving"]
+    policies = ["uncontrolled", "edf", "dcls", "dcls+grid", "peak_shaving", "dcls@known", "dcls@noisy"]
     assert top["complete"] is True and top["policies_run"] == policies
     for name in ("summary.json", "comparison.csv", "policies.png"):
         assert (out / name).is_file()
@@ -274,6 +274,16 @@ def test_grid_impact_side_by_side(day, tmp_path):
         f["dcls+grid"]["tracking_rmse_kw"] - f["dcls"]["tracking_rmse_kw"], abs=1e-3)
     assert "RMSE given up to the limits [kW]" in top["table"]
     assert "uncontrolled" in top["table"] and "max transformer loading [%]" in top["table"]
+    # the cost of information, by default: foresight of the arrivals and a noisy forecast against dcls as run
+    costs = top["information_costs"]
+    assert list(costs) == ["dcls@known", "dcls@noisy"] and all(c["vs"] == "dcls" for c in costs.values())
+    assert summary_of(out / "dcls")["information"]["arrivals"] == "on_plug"
+    assert summary_of(out / "dcls@known")["information"]["arrivals"] == "known"
+    assert summary_of(out / "dcls@noisy")["information"]["forecast"] == "noisy"
+    for variant, c in costs.items():
+        assert c["tracking_rmse_kw"] == pytest.approx(f[variant]["tracking_rmse_kw"] - f["dcls"]["tracking_rmse_kw"],
+                                                      abs=1e-6)
+        assert f"{variant} - dcls" in top["table"]
 
 
 def test_remote_aggregators_give_the_same_results(day, tmp_path):
@@ -301,6 +311,9 @@ def test_evagg_run_prints_the_summary_table(tmp_path, capsys):
     assert stdout.strip().endswith(f"results: {out}")
     s = summary_of(out)
     assert s["complete"] and s["options"]["evs"] == 4 and s["options"]["seed"] == 2 and s["figures"]["steps"] == 3
+    # no information option: an EV is planned once plugged in, the reference's next steps known, and it says so
+    assert s["options"]["arrivals"] == s["information"]["arrivals"] == "on_plug"
+    assert s["information"]["forecast"] == "perfect" and s["information"]["departures"] == "actual"
     assert not any((out / f).exists() for f in PLOTS)
     # `evagg report DIR` makes the plots and the same table again
     code, again, stderr = run_cli(capsys, "report", out)
@@ -435,7 +448,7 @@ def test_ctrl_c_in_the_second_policy_of_grid_impact(tmp_path, capsys, monkeypatc
     out = tmp_path / "cut"
     code, _, stderr = run_cli(capsys, "run", "grid_impact", "--evs", 4, "--steps", 4, "--start", START, "--out", out)
     said = [line for line in stderr.splitlines() if not line.startswith("evagg: warning: ")]
-    assert code == 130 and said[0].startswith("evagg: interrupted after 6 of 20 steps")  # 5 policies x 4 steps
+    assert code == 130 and said[0].startswith("evagg: interrupted after 6 of 28 steps")  # 7 policies x 4 steps
     top = summary_of(out)
     assert top["complete"] is False and top["policies_run"] == ["uncontrolled", "edf"]
     assert summary_of(out / "uncontrolled")["complete"] is True
@@ -506,7 +519,8 @@ def test_policies_are_checked():
         Options.make("grid_impact", policies="dcls+grud")
     with pytest.raises(ScenarioError, match="coupling must be"):
         Options.make(coupling="sometimes")
-    assert Options.make("grid_impact").policies == ("uncontrolled", "edf", "dcls", "dcls+grid", "peak_shaving")
+    assert Options.make("grid_impact").policies == ("uncontrolled", "edf", "dcls", "dcls+grid", "peak_shaving",
+                                                    "dcls@known", "dcls@noisy")
     assert Options.make(method="edf+grid").method == "edf+grid"
 
 
