@@ -49,7 +49,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .dispatch import DispatchResult, dispatch, method_info
+from .dispatch import DEFAULT_METHOD, DispatchResult, dispatch, method_info
 from .fleet import Fleet, _unchecked
 from .limits import Limits, solver_limits
 from .problem import FEASIBILITY_TOL, Problem
@@ -213,7 +213,7 @@ class Aggregator:
         start,
         step_s,
         horizon: int = DEFAULT_HORIZON,
-        method: str = "dcls",
+        method: str = DEFAULT_METHOD,
         time_limit_s: float | None = None,
         bus=None,
         grid_buses: Sequence[int] | None = None,
