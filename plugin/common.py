@@ -7,6 +7,7 @@ import math
 import mosaik_api_v3
 import numpy as np
 
+from evagg.simulators.synthetic import SYNTHETIC_START
 from evagg.simulators.times import to_datetime64, whole_seconds
 
 from .meta import ModelSpec, read_outputs
@@ -15,7 +16,7 @@ log = logging.getLogger("evagg.plugin")
 
 # mosaik time 0 of a synthetic fleet or signal when neither the simulator's start_date nor the model's start says
 # it (synthetic_fleet's own default date; a scenario's study start is evagg.scenarios.options.DEFAULT_STUDY_START)
-DEFAULT_TIME_ZERO = "2026-06-01T00:00:00"
+DEFAULT_TIME_ZERO = SYNTHETIC_START
 
 
 class TimeGrid:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Mapping
 from mosaik_api_v3.types import Meta, ModelDescription
 
 from evagg.simulators.aggregator import ARRIVALS
-from evagg.simulators.synthetic import REFERENCE_KINDS
+from evagg.simulators.synthetic import DEFAULT_V2G_SHARE, REFERENCE_KINDS
 
 KW_PER_MW = 1000.0
 
@@ -197,8 +197,8 @@ AGGREGATOR_PARAMS = (
     Param("seed", "seed of the synthetic fleet (None: random; several aggregators created at once: seed + i)",
           default=0),
     Param("days", "days of the synthetic fleet's sessions", default=1, check=whole(1), expects="a whole number >= 1"),
-    Param("v2g_share", "share of the synthetic fleet that can discharge", default=0.5, check=number(0.0, 1.0),
-          expects="a number in [0, 1]"),
+    Param("v2g_share", "share of the synthetic fleet that can discharge", default=DEFAULT_V2G_SHARE,
+          check=number(0.0, 1.0), expects="a number in [0, 1]"),
     Param("buses", "bus indices to spread the synthetic fleet over", check=lambda v: all(whole(0)(b) for b in v),
           expects=_BUSES),
     Param("bus_map", "{ev_id: bus}: where each session plugs in (else the sessions' bus column)",
@@ -296,13 +296,13 @@ REFERENCE_MODELS: dict[str, ModelSpec] = {
         params=(
             Param("path", "a signal CSV (time, p_ref_kw), or a synthetic signal (kind, seed, around a fleet's "
                           "baseline: sessions or n_evs/days/v2g_share; without one a diurnal shape of scale_kw)"),
-            Param("kind", "the synthetic signal's kind", default="regulation", check=lambda v: v in REFERENCE_KINDS,
-                  expects=f"one of {', '.join(REFERENCE_KINDS)}"),
+            Param("kind", "the synthetic signal's kind", default=REFERENCE_KINDS[0],
+                  check=lambda v: v in REFERENCE_KINDS, expects=f"one of {', '.join(REFERENCE_KINDS)}"),
             Param("seed", "seed of the synthetic signal (and fleet)", default=0),
             Param("sessions", "a sessions CSV: the fleet whose baseline the synthetic signal goes around"),
             Param("n_evs", "or a synthetic fleet of n_evs", check=whole(0), expects="a whole number >= 0"),
             Param("days", "the synthetic fleet's days", default=1, check=whole(1), expects="a whole number >= 1"),
-            Param("v2g_share", "the synthetic fleet's V2G share", default=0.5, check=number(0.0, 1.0),
+            Param("v2g_share", "the synthetic fleet's V2G share", default=DEFAULT_V2G_SHARE, check=number(0.0, 1.0),
                   expects="a number in [0, 1]"),
             Param("scale_kw", "scale of the diurnal shape (no fleet), kW"),
             Param("n_steps", "steps of the synthetic signal (default: to until, else a day)", check=whole(1),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from evagg.simulators import dispatch as dispatch_module  # looked up at the cal
 from evagg.simulators.dispatch import METHODS
 from evagg.simulators.fleet import Fleet
 from evagg.simulators.imports import ENERGY_CHOICES, Assumptions, read_acn, read_elaad
-from evagg.simulators.synthetic import synthetic_fleet, synthetic_reference
+from evagg.simulators.synthetic import REFERENCE_KINDS, synthetic_fleet, synthetic_reference
 from evagg.simulators.tables import (
     InputError,
     json_safe,
@@ -39,7 +40,7 @@ from evagg.simulators.tables import (
 
 from . import report, sweep
 from .errors import Interrupted, RunFailed, ScenarioError
-from .options import Options, add_arguments, from_arguments
+from .options import Option, Options, add_arguments, checked, from_arguments, table
 
 PROG = "evagg"
 
@@ -77,6 +78,33 @@ def _describe(text: str) -> str:
 # ----------------------------------------------------------------------------------------------- dispatch
 
 
+def _engine_defaults(function) -> dict:
+    """The defaults of an engine function's parameters: what its command's options default to."""
+    return {name: p.default for name, p in inspect.signature(function).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
+_DISPATCH = _engine_defaults(dispatch_module.dispatch)
+# evagg dispatch's options: flags, checks, defaults (the engine's) and help, read by `_options`.
+DISPATCH_OPTIONS = table(
+    sessions=Option("path", "sessions table (CSV, format below): the plug-in sessions to dispatch", metavar="S.csv",
+                    required=True),
+    signal=Option("path", "reference signal table (CSV, format below) in kW; its time grid is the dispatch horizon",
+                  metavar="R.csv", required=True),
+    method=Option("choice", "dispatch method: " + ", ".join(f"{name} ({m.description})" for name, m in
+                                                            METHODS.items()),
+                  choices=tuple(METHODS), metavar="|".join(METHODS), default=_DISPATCH["method"]),
+    out=Option("path", "where to write the result table (CSV, format below); written only on success, atomically",
+               metavar="RESULT.csv", required=True),
+    time_limit=Option("number", "wall-clock limit for the solver in seconds; on hitting it the best feasible "
+                      "dispatch found is returned and the summary's status says time_limit", label="time limit",
+                      lo=0.0, lo_open=True, metavar="SECONDS", default=_DISPATCH["time_limit_s"], default_text="none"),
+    signal_step=Option("int", "step of the signal in seconds; needed only for a signal of a single row, otherwise "
+                       "checked against the spacing of its times", label="signal step", lo=1, metavar="SECONDS",
+                       default_text="taken from the file"),
+)
+
+
 def _setup_dispatch(p: argparse.ArgumentParser) -> None:
     p.description = _describe(
         "Dispatch a fleet of EVs to follow a reference signal as closely as possible (least squares) while every "
@@ -84,25 +112,11 @@ def _setup_dispatch(p: argparse.ArgumentParser) -> None:
         "in kW, energy shortfall in kWh, constraint violations, solve time in s) as one JSON line on stdout."
     )
     p.epilog = "\n\n".join([SESSIONS_FORMAT, SIGNAL_FORMAT, RESULT_FORMAT])
-    p.add_argument("--sessions", required=True, metavar="S.csv", type=Path,
-                   help="sessions table (CSV, format below): the plug-in sessions to dispatch")
-    p.add_argument("--signal", required=True, metavar="R.csv", type=Path,
-                   help="reference signal table (CSV, format below) in kW; its time grid is the dispatch horizon")
-    p.add_argument("--method", default="dcls", choices=list(METHODS),
-                   help="dispatch method: exact (MIQP, small fleets), dchr (convex-hull relaxation), dcls "
-                        "(decomposition-coordination least squares), or a baseline (uncontrolled = charge at once, "
-                        "edf = earliest departure first, round_robin); default: dcls")
-    p.add_argument("--out", required=True, metavar="RESULT.csv", type=Path,
-                   help="where to write the result table (CSV, format below); written only on success, atomically")
-    p.add_argument("--time-limit", type=_positive_float, default=None, metavar="SECONDS",
-                   help="wall-clock limit for the solver in seconds (default: none); on hitting it the best "
-                        "feasible dispatch found is returned and the summary's status says time_limit")
-    p.add_argument("--signal-step", type=_positive_int, default=None, metavar="SECONDS",
-                   help="step of the signal in seconds; needed only for a signal of a single row, otherwise "
-                        "checked against the spacing of its times (default: taken from the file)")
+    add_arguments(p, options=DISPATCH_OPTIONS)
 
 
 def _cmd_dispatch(args) -> int:
+    _options(args, DISPATCH_OPTIONS)
     _check_out_dir(args.out, inputs=(args.sessions, args.signal))
     fleet = read_sessions(args.sessions)
     reference = read_reference(args.signal, step_s=args.signal_step, fleet=fleet)  # the fleet's bound: line
@@ -125,6 +139,39 @@ def _cmd_dispatch(args) -> int:
 # ----------------------------------------------------------------------------------------------- fleet
 
 
+_FLEET, _SIGNAL = _engine_defaults(synthetic_fleet), _engine_defaults(synthetic_reference)
+# evagg fleet's options: flags, checks, defaults (the engine's) and help, read by `_options`.
+FLEET_OPTIONS = table(
+    n=Option("int", "number of plug-in sessions (one per EV, ids ev00000, ev00001, ...)", label="number of sessions",
+             lo=0, metavar="N", required=True),
+    seed=Option("int", "random seed: same seed, same fleet", lo=0, metavar="K", required=True),
+    out=Option("path", "where to write the sessions table", metavar="SESSIONS.csv", required=True),
+    v2g_share=Option("number", "share of sessions that can discharge (V2G), at their charger power in kW",
+                     label="V2G share", lo=0.0, hi=1.0, metavar="F", default=_FLEET["v2g_share"]),
+    days=Option("int", "horizon in days; sessions arrive on one of these days (departures may fall after it)",
+                lo=1, metavar="D", default=_FLEET["days"]),
+    start=Option("time", "start of the horizon, ISO 8601 (arrival hours are clock hours of the days from its date)",
+                 metavar="ISO", default=_FLEET["start"]),
+    mix=Option("shares", "shares of the home, workplace and depot patterns (normalised to sum 1)", count=3,
+               metavar="H,W,D", default=_FLEET["mix"]),
+    buses=Option("indices", "grid bus indices to spread the sessions over, e.g. 1,4,7 or 1-10 (adds the column "
+                 "bus)", metavar="LIST", default_text="none"),
+)
+# its reference signal (optional)
+SIGNAL_OPTIONS = table(
+    signal_out=Option("path", "also write a reference signal for this fleet over the horizon", metavar="R.csv",
+                      default_text="none"),
+    signal_kind=Option("choice", "regulation: the fleet's spread-out charging need plus AR(1) regulation noise, "
+                       "within the plugged fleet's power range (kW); surplus: the same plus a midday PV-surplus "
+                       "block (10-16 h) asking for more power and energy than the fleet can take",
+                       label="signal kind", choices=REFERENCE_KINDS, metavar="|".join(REFERENCE_KINDS),
+                       default=_SIGNAL["kind"]),
+    step_min=Option("number", "step of the signal in minutes (a whole number of seconds; the horizon must be a "
+                    "whole number of steps)", label="signal step", lo=0.0, lo_open=True, metavar="MINUTES",
+                    default=_SIGNAL["step_s"] / 60),
+)
+
+
 def _setup_fleet(p: argparse.ArgumentParser) -> None:
     p.description = _describe(
         "Write a synthetic fleet of plug-in sessions (seeded, reproducible) and optionally a reference signal for "
@@ -134,32 +181,21 @@ def _setup_fleet(p: argparse.ArgumentParser) -> None:
         "JSON summary on stdout."
     )
     p.epilog = "\n\n".join([SESSIONS_FORMAT + "\n  (synthetic fleets add the column pattern)", SIGNAL_FORMAT])
-    p.add_argument("--n", required=True, type=_non_negative_int, metavar="N", help="number of plug-in sessions (one per EV, ids ev00000, ev00001, ...)")
-    p.add_argument("--seed", required=True, type=int, metavar="K", help="random seed: same seed, same fleet")
-    p.add_argument("--out", required=True, type=Path, metavar="SESSIONS.csv", help="where to write the sessions table")
-    p.add_argument("--v2g-share", type=_share, default=0.5, metavar="F",
-                   help="share of sessions (0-1) that can discharge (V2G), at their charger power in kW; default: 0.5")
-    p.add_argument("--days", type=_positive_int, default=1, metavar="D",
-                   help="horizon in days; sessions arrive on one of these days (departures may fall after it); default: 1")
-    p.add_argument("--start", type=_iso_time, default="2026-06-01T00:00:00", metavar="ISO",
-                   help="start of the horizon, ISO 8601 (arrival hours are clock hours of the days from its date); default: 2026-06-01T00:00:00")
-    p.add_argument("--mix", type=_mix, default=(0.5, 0.35, 0.15), metavar="H,W,D",
-                   help="shares of the home, workplace and depot patterns (normalised to sum 1); default: 0.5,0.35,0.15")
-    p.add_argument("--buses", type=_buses, default=None, metavar="LIST",
-                   help="grid bus indices to spread the sessions over, e.g. 1,4,7 or 1-10 (adds the column bus)")
-    g = p.add_argument_group("reference signal (optional)")
-    g.add_argument("--signal-out", type=Path, default=None, metavar="R.csv",
-                   help="also write a reference signal for this fleet over the horizon")
-    g.add_argument("--signal-kind", choices=("regulation", "surplus"), default="regulation",
-                   help="regulation: the fleet's spread-out charging need plus AR(1) regulation noise, within the "
-                        "plugged fleet's power range (kW); surplus: the same plus a midday PV-surplus block "
-                        "(10-16 h) asking for more power and energy than the fleet can take; default: regulation")
-    g.add_argument("--step-min", type=_positive_float, default=15.0, metavar="MINUTES",
-                   help="step of the signal in minutes (a whole number of seconds; the horizon must be a whole "
-                        "number of steps); default: 15")
+    add_arguments(p, options=FLEET_OPTIONS)
+    add_arguments(p.add_argument_group("reference signal (optional)"), options=SIGNAL_OPTIONS)
+
+
+def _options(args, *tables) -> None:
+    """The command's options in `args` checked, or their defaults (a usage error naming the flag otherwise)."""
+    try:
+        for options in tables:
+            vars(args).update(checked(options, args))
+    except ScenarioError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 def _cmd_fleet(args) -> int:
+    _options(args, FLEET_OPTIONS, SIGNAL_OPTIONS)
     _check_out_dir(args.out)
     step_s = n_steps = None
     if args.signal_out is not None:
@@ -506,16 +542,6 @@ def _number_arg(kind: type, lo: float, strict: bool, what: str):
 
 
 _positive_float = _number_arg(float, 0, True, "a positive number")
-_positive_int = _number_arg(int, 0, True, "positive")
-_non_negative_int = _number_arg(int, 0, False, ">= 0")
-
-
-def _iso_time(text: str) -> str:
-    try:
-        pd.to_datetime(text, format="ISO8601")
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time like 2026-06-01T00:00:00") from None
-    return text
 
 
 def _share(text: str) -> float:
@@ -537,35 +563,6 @@ def _soc_range(text: str) -> tuple[float, float]:
     if len(parts) != 2 or not 0.0 <= parts[0] <= parts[1] < 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} must be a share in [0, 1) or a range 0 <= LO <= HI < 1")
     return parts
-
-
-def _mix(text: str) -> tuple[float, float, float]:
-    try:
-        parts = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not three comma-separated numbers") from None
-    if len(parts) != 3 or any(not np.isfinite(x) or x < 0 for x in parts) or sum(parts) <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be three non-negative shares H,W,D, not all 0")
-    return parts
-
-
-def _buses(text: str) -> list[int]:
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            part = part.strip()
-            if "-" in part:
-                lo, hi = (int(x) for x in part.split("-", 1))
-                if hi < lo:
-                    raise ValueError
-                out.extend(range(lo, hi + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a list of bus indices like 1,4,7 or 1-10") from None
-    if not out or min(out) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must list non-negative bus indices")
-    return out
 
 
 

@@ -2,6 +2,9 @@
 command-line flag), from which `Options.make` checks them (one-line errors naming the flag) and `evagg run`
 builds its arguments and help (`add_arguments`). Adding an option is adding a field here.
 
+The other commands' options are tables of `Option`s too (`table`; e.g. `evagg fleet`'s in scenarios/cli.py):
+the same `add_arguments` builds their arguments and `checked` reads and checks their values.
+
 Policies (`Policy`) are parsed once, here, into objects that the scenario code passes on.
 """
 from __future__ import annotations
@@ -21,10 +24,11 @@ import pandas as pd
 
 from evagg.plugin.meta import COUPLINGS
 from evagg.simulators.aggregator import ARRIVALS, DEFAULT_HORIZON
-from evagg.simulators.dispatch import METHODS
+from evagg.simulators.dispatch import DEFAULT_METHOD, METHODS
 from evagg.simulators.fleet import Fleet
 from evagg.simulators.tables import InputError, read_sessions
 from evagg.simulators.reference import FORECASTS
+from evagg.simulators.synthetic import DEFAULT_V2G_SHARE
 
 from .errors import ScenarioError
 from .folder import RESULTS, RESULTS_PARQUET
@@ -36,7 +40,6 @@ DEFAULT_GRID = "1-LV-rural2--0-sw"  # simbench's rural LV feeder: 97 buses, 99 l
 # the start of a study (not the synthetic fleets' own default date): a winter weekday from noon, so that a day
 # holds the evening peak, the night and the morning
 DEFAULT_STUDY_START = "2026-01-14T12:00:00"
-DEFAULT_METHOD = "dcls"
 DEFAULT_POLICIES = ("uncontrolled", "edf", "dcls", "dcls+grid", "peak_shaving", "dcls@known", "dcls@noisy")
 RESULTS_FORMATS = ("auto", "csv", "parquet")
 LONG_RUN_DAYS = 7  # results_format auto: runs longer than this write Parquet
@@ -118,11 +121,14 @@ class Policy(str):
 class Option:
     """One option: how it is read and checked, its range, its help and its flag on `evagg run`."""
 
-    kind: str  # int | number | text | choice | policy | policies | band | time | flag | addresses
+    kind: str  # int | number | text | path | choice | policy | policies | band | time | flag | addresses | shares
+    # | indices
     help: str
     label: str = ""  # what an error calls it (default: the name with spaces)
     lo: float | None = None
-    hi: float | None = None
+    hi: float | None = None  # None: no upper bound
+    lo_open: bool = False  # lo itself is out of range (a positive number: lo=0, lo_open=True)
+    count: int | None = None  # shares: how many
     choices: tuple = ()
     metavar: str | None = None
     flag: str | None = ""  # "": --<name with dashes>; None: not on the command line (a positional: "scenario")
@@ -130,6 +136,7 @@ class Option:
     cli_absent: Any = None  # flag options: the value `evagg run` passes when the flag is absent (None: nothing)
     show_range: bool = True  # the help says lo-hi
     input_file: bool = False  # a file the run reads (text options): the results folder must never hold it
+    required: bool = False  # must be given (no default)
     name: str = ""
     default: Any = None
 
@@ -145,7 +152,7 @@ class Option:
         return f"{label} ({flag})" if flag else label
 
     def help_text(self) -> str:
-        if self.kind == "flag":
+        if self.kind == "flag" or self.required:
             return self.help
         text = self.help
         if self.kind in ("int", "number") and self.show_range and self.lo is not None and self.hi is not None:
@@ -162,15 +169,23 @@ class Option:
         """The checked value (ScenarioError naming the option otherwise); `hi` overrides the upper bound."""
         hi = self.hi if hi is None else hi
         if self.kind == "int":
-            return _int(value, self.what(), int(self.lo), int(hi))
+            return _int(value, self.what(), int(self.lo), None if hi is None else int(hi))
         if self.kind == "number":
-            return _number(value, self.what(), self.lo, hi)
+            return _number(value, self.what(), self.lo, hi, self.lo_open)
         if self.kind == "choice":
             if str(value) not in self.choices:
-                raise ScenarioError(f"{self.label or self.name} must be {' or '.join(self.choices)}, got {value!r}")
+                flag = f" ({self.cli_flag})" if self.cli_flag else ""
+                raise ScenarioError(f"{self.label or self.name} must be {' or '.join(self.choices)}{flag}, got "
+                                    f"{value!r}")
             return str(value)
         if self.kind == "text":
             return None if value is None else str(value)
+        if self.kind == "path":
+            return None if value is None else Path(value)
+        if self.kind == "shares":
+            return _shares(value, self.what(), self.count, self.metavar)
+        if self.kind == "indices":
+            return _indices(value, self.what())
         if self.kind == "policy":
             return Policy(value)
         if self.kind == "policies":
@@ -185,7 +200,7 @@ class Option:
         if self.kind == "addresses":
             return _addresses(value, self.what())
         if self.kind == "time":
-            return _time(value)
+            return _time(value, self.what(), self.default or DEFAULT_STUDY_START)
         if self.kind == "flag":
             return sys.stderr.isatty() if value == "auto" else bool(value)
         raise AssertionError(self.kind)
@@ -194,6 +209,21 @@ class Option:
 def option(default, kind: str, help: str, **spec) -> Any:
     """A field of `Options` with its `Option`."""
     return dataclasses.field(default=default, metadata={"option": Option(kind, help, **spec)})
+
+
+def table(**options: Option) -> dict[str, Option]:
+    """A command's table of options: name -> `Option` (named here; the order is the help's)."""
+    return {name: dataclasses.replace(opt, name=name) for name, opt in options.items()}
+
+
+def checked(options: dict[str, Option], args) -> dict:
+    """name -> value of each option of `options` from an argparse namespace of `add_arguments(parser, options)`:
+    the value given, checked (ScenarioError naming the flag), or the default."""
+    values = {}
+    for name, opt in options.items():
+        value = getattr(args, name)
+        values[name] = opt.default if value is None else opt.check(value)
+    return values
 
 
 @dataclass(frozen=True)
@@ -219,8 +249,8 @@ class Options:
     overwrite: bool = option(False, "flag", "replace the results folder --out if it holds results")
     seed: int = option(1, "int", "random seed of the fleet and signal", lo=0, hi=2**32 - 1, metavar="K",
                     show_range=False)
-    v2g_share: float = option(0.5, "number", "share of EVs that can discharge", label="V2G share", lo=0.0, hi=1.0,
-                              metavar="F")
+    v2g_share: float = option(DEFAULT_V2G_SHARE, "number", "share of EVs that can discharge", label="V2G share",
+                              lo=0.0, hi=1.0, metavar="F")
     aggregators: int = option(2, "int", "aggregators sharing the EVs, each its own simulator (at most one per "
                               "EV: more is an error; the default is lowered to the number of EVs)",
                               label="number of aggregators", lo=1, hi=16, metavar="A")
@@ -453,11 +483,12 @@ OPTIONS: dict[str, Option] = {
 }
 
 
-def add_arguments(parser, exclude=()) -> None:
+def add_arguments(parser, exclude=(), options: dict[str, Option] | None = None) -> None:
     """The options as arguments of an argparse parser (`evagg run`): the scenario as the positional, every other
     option with a flag as --<flag> read as text (checked by `Options.make`, so that its errors name the flag).
-    `exclude`: names of options the parser gives otherwise (`evagg sweep`: its lists of EVs, seeds, ...)."""
-    for opt in OPTIONS.values():
+    `exclude`: names of options the parser gives otherwise (`evagg sweep`: its lists of EVs, seeds, ...).
+    `options`: another command's table (default: the scenarios' `OPTIONS`), its values read by `checked`."""
+    for opt in (OPTIONS if options is None else options).values():
         if opt.name in exclude:
             continue
         if opt.name == "scenario":
@@ -468,7 +499,8 @@ def add_arguments(parser, exclude=()) -> None:
         elif opt.kind == "flag":
             parser.add_argument(opt.cli_flag, dest=opt.name, action="store_true", help=opt.help_text())
         else:
-            parser.add_argument(opt.cli_flag, dest=opt.name, default=None, metavar=opt.metavar, help=opt.help_text())
+            parser.add_argument(opt.cli_flag, dest=opt.name, default=None, metavar=opt.metavar, help=opt.help_text(),
+                                required=opt.required)
 
 
 def from_arguments(args, exclude=()) -> dict:
@@ -494,26 +526,67 @@ def _num(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _int(value, what: str, lo: int, hi: int) -> int:
+def _int(value, what: str, lo: int, hi: int | None) -> int:
     try:
         v = float(value)
     except (TypeError, ValueError):
         raise ScenarioError(f"{what} must be a whole number, got {value!r}") from None
     if isinstance(value, bool) or not math.isfinite(v) or v != int(v):
         raise ScenarioError(f"{what} must be a whole number, got {value!r}")
-    if not lo <= v <= hi:
+    if hi is None and v < lo:
+        raise ScenarioError(f"{what} must be {lo} or more, got {int(v)}")
+    if hi is not None and not lo <= v <= hi:
         raise ScenarioError(f"{what} must be between {lo} and {hi}, got {int(v)}")
     return int(v)
 
 
-def _number(value, what: str, lo: float, hi: float) -> float:
+def _number(value, what: str, lo: float, hi: float | None, lo_open: bool = False) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
         raise ScenarioError(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or not lo <= v <= hi:
-        raise ScenarioError(f"{what} must be between {lo:g} and {hi:g}, got {value!r}")
+    if hi is None:
+        if not math.isfinite(v) or (v <= lo if lo_open else v < lo):
+            raise ScenarioError(f"{what} must be a number {'above' if lo_open else 'of at least'} {lo:g}, "
+                                f"got {value!r}")
+    elif not math.isfinite(v) or not lo <= v <= hi or (lo_open and v == lo):
+        raise ScenarioError(f"{what} must be between {lo:g} and {hi:g}{' (not ' + _num(lo) + ')' if lo_open else ''}"
+                            f", got {value!r}")
     return v
+
+
+def _shares(value, what: str, count: int | None, metavar: str | None) -> tuple:
+    """Non-negative shares, not all 0 (text "a,b,c" or a sequence), `count` of them where given."""
+    parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else list(value)
+    expected = f"{count or 'some'} non-negative shares{' ' + metavar if metavar else ''}, not all 0"
+    try:
+        shares = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ScenarioError(f"{what} must be {expected}, got {value!r}") from None
+    if (count is not None and len(shares) != count) or not all(math.isfinite(x) and x >= 0 for x in shares) \
+            or sum(shares) <= 0:
+        raise ScenarioError(f"{what} must be {expected}, got {value!r}")
+    return shares
+
+
+def _indices(value, what: str) -> list[int]:
+    """Non-negative whole numbers: text "1,4,7" or "1-10" (ranges, both ends in) or a sequence."""
+    out: list[int] = []
+    try:
+        for part in (value.split(",") if isinstance(value, str) else value):
+            text = str(part).strip()
+            lo, dash, hi = text.partition("-")
+            if dash:
+                if int(hi) < int(lo):
+                    raise ValueError
+                out.extend(range(int(lo), int(hi) + 1))
+            else:
+                out.append(int(text))
+    except ValueError:
+        raise ScenarioError(f"{what} {value!r} is not a list of indices like 1,4,7 or 1-10") from None
+    if not out or min(out) < 0:
+        raise ScenarioError(f"{what} {value!r} must list non-negative indices")
+    return out
 
 
 def _band(band) -> tuple:
@@ -542,17 +615,17 @@ def _addresses(value, what: str) -> tuple:
     return tuple(parts)
 
 
-def _time(start) -> str:
+def _time(start, what: str = "start", example: str = DEFAULT_STUDY_START) -> str:
     """An ISO 8601 time of whole seconds (UTC, without offset)."""
     try:
         ts = pd.Timestamp(str(start))
     except (TypeError, ValueError):
-        raise ScenarioError(f"start {start!r} is not an ISO 8601 time like {DEFAULT_STUDY_START}") from None
+        raise ScenarioError(f"{what} {start!r} is not an ISO 8601 time like {example}") from None
     if ts.tzinfo is not None:  # converted as the tables' times are, and said so once
         utc = ts.tz_convert("UTC").tz_localize(None)
         log.warning("start %s: a time with a UTC offset (%s) converted to UTC: %s", start,
                     ts.strftime("%z")[:3] + ":" + ts.strftime("%z")[3:], utc.strftime("%Y-%m-%dT%H:%M:%S"))
         ts = utc
     if ts != ts.floor("s"):
-        raise ScenarioError(f"start {start} must fall on a whole second")
+        raise ScenarioError(f"{what} {start} must fall on a whole second")
     return ts.strftime("%Y-%m-%dT%H:%M:%S")

@@ -49,7 +49,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .dispatch import dispatch, method_info
+from .dispatch import DEFAULT_METHOD, DispatchResult, dispatch, method_info
 from .fleet import Fleet, _unchecked
 from .limits import Limits, solver_limits
 from .problem import FEASIBILITY_TOL, Problem
@@ -66,7 +66,7 @@ __all__ = ["Aggregator", "StepResult", "SignalSource", "DEFAULT_HORIZON", "ARRIV
 DEFAULT_HORIZON = 16
 # What the aggregator knows of its sessions (see the module doc); the first is the default.
 ARRIVALS = ("on_plug", "known", "forecast")
-# Departure need missed by more than this (kWh) counts as unmet (see the departures in `step`).
+# Departure need missed by more than this (kWh) counts as unmet (see `Aggregator._depart`).
 NEED_UNMET_KWH = 1e-3
 # A limit counts as binding in a step when the power it bounds is this close (kW) to where the solvers put it (a
 # hair inside the bound, limits.solver_limits).
@@ -102,6 +102,20 @@ class StepResult:
     def tracking_error_kw(self) -> float | None:
         """Aggregate minus reference (kW); None when uncontrolled."""
         return None if self.p_ref_kw is None else self.p_kw - self.p_ref_kw
+
+
+@dataclass
+class _Plan:
+    """One step's re-dispatch: the problem solved (None: nothing plugged in, idle) and its first step's powers (kW;
+    the sessions planned, then the ghosts)."""
+
+    problem: Problem | None
+    pc0: np.ndarray
+    pd0: np.ndarray
+    status: str = "idle"
+    message: str = ""
+    limited: bool = False  # a grid limit was binding in the first step
+    needs_lowered_kwh: float = 0.0
 
 
 class SignalSource:
@@ -199,7 +213,7 @@ class Aggregator:
         start,
         step_s,
         horizon: int = DEFAULT_HORIZON,
-        method: str = "dcls",
+        method: str = DEFAULT_METHOD,
         time_limit_s: float | None = None,
         bus=None,
         grid_buses: Sequence[int] | None = None,
@@ -398,71 +412,89 @@ class Aggregator:
         plan_ref = self._planned_reference(k, h, mode, forecast_kw)
 
         idx, ghosts = self._planned(k, h)
-        planned = np.concatenate([idx, len(self.fleet) + ghosts]) if ghosts.size else idx
-        status, message, limited, lowered = "idle", "", False, 0.0
-        if idx.size:
-            sub = self._plan_fleet.select(planned)
-            e0 = np.concatenate([self.energy_kwh[idx], self._ghost_e0[ghosts]]) if ghosts.size else self.energy_kwh[idx]
-            problem = Problem.build(sub, now, self.step_td, h, energy_initial_kwh=e0)
-            limits = None
-            if p_min_kw is not None or p_max_kw is not None or bus_limits:
-                at = self._plan_bus[planned] if self._bus_pos is not None else None
-                limits = Limits.build(len(planned), h, p_min_kw=p_min_kw, p_max_kw=p_max_kw,
-                                      groups=_limit_groups(at, bus_limits, limit_by or {}))
-            method = "uncontrolled" if mode == "uncontrolled" else self.method
-            res = dispatch(sub, Reference(now, self.step_td, plan_ref), method=method,
-                           time_limit_s=self.time_limit_s, problem=problem, limits=limits, applied_steps=1)
-            status, message, lowered = res.status, res.message, res.needs_lowered_kwh
-            pc0, pd0 = res.pc[:, 0], res.pd[:, 0]  # (ghosts: 0, their arrival lies ahead)
-            if limits is not None:
-                net0 = limits.net_kw(res.pc[:, :1], res.pd[:, :1])[:, 0]
-                aimed = solver_limits(limits, problem)  # where the solvers put the bounds: a hair inside them
-                limited = bool(np.any((net0 >= aimed.p_max_kw[:, 0] - LIMIT_BINDING_KW)
-                                      | (net0 <= aimed.p_min_kw[:, 0] + LIMIT_BINDING_KW)))
-                if lowered > 0:
-                    self._say_once("lowered", logging.WARNING,
-                                   "%s: at %s the grid limits leave %.6g kWh of departure needs out of reach; the "
-                                   "limits come first (said once)", self.name, now, lowered)
-            # Exactly the engine's energy after the first step (Problem.energy's first column).
-            n_idx = idx.size
-            e_new = problem.energy(pc0[:, None], pd0[:, None])[:n_idx, 0]
-            pc0, pd0 = pc0[:n_idx], pd0[:n_idx]
-            self.energy_kwh[idx] = e_new
-            p_ev = pc0 - pd0
-            on = (problem.first[:n_idx] == 0) & (problem.stop[:n_idx] > 0)
-            n_plugged = int(on.sum())
-            energy = float(e_new[on].sum())
-        else:
-            pc0 = pd0 = p_ev = np.zeros(0)
-            n_plugged, energy = 0, 0.0
-        if self._bus_pos is not None:
-            bus_kw = np.bincount(self._bus_pos[idx], weights=p_ev, minlength=len(self.buses))
-            p_kw = float(bus_kw.sum())
-        else:
-            bus_kw = np.zeros(0)
-            p_kw = float(p_ev.sum())
-
-        if self._idle_possible:  # plugged in past the declared departure: not planned, drawing nothing
-            idle = np.flatnonzero((self.plan_stop_g <= k) & (self.first_g <= k) & (self.stop_g > k))
-            n_plugged += idle.size
-            energy += float(self.energy_kwh[idle].sum())
-            self.idle_plugged_h += idle.size * self.dt_h
-            self._depart(np.flatnonzero(self.servable & (self.stop_g == k + 1)), k)
-        else:
-            self._depart(idx[self.stop_g[idx] == k + 1], k)
-        self._depart(np.flatnonzero(self._short_stay_k == k), k)
+        plan = self._plan(now, h, mode, plan_ref, idx, ghosts, p_min_kw, p_max_kw, bus_limits, limit_by)
+        pc0, pd0, n_plugged, energy = self._apply(idx, plan)
+        bus_kw, p_kw = self._bus_powers(idx, pc0 - pd0)
+        n_idle, energy_idle = self._idle(k)
+        self._depart(self._leaving(k, idx), k)
 
         self.k_next = k + 1
         result = StepResult(
             k=k, time=now, p_kw=p_kw, p_ref_kw=None if mode == "uncontrolled" else self._last_ref,
-            bus_kw=bus_kw, n_plugged=n_plugged, energy_kwh=energy, shortfall_kwh=self.shortfall_kwh,
-            need_unmet_kwh=self.need_unmet_kwh,
-            solve_time_s=_time.perf_counter() - t0, mode=mode, status=status, sessions=idx, pc_kw=pc0, pd_kw=pd0,
-            limited=limited, needs_lowered_kwh=lowered, idle_plugged_h=self.idle_plugged_h, n_ghosts=int(ghosts.size),
-            message=message,
+            bus_kw=bus_kw, n_plugged=n_plugged + n_idle, energy_kwh=energy + energy_idle,
+            shortfall_kwh=self.shortfall_kwh, need_unmet_kwh=self.need_unmet_kwh,
+            solve_time_s=_time.perf_counter() - t0, mode=mode, status=plan.status, sessions=idx, pc_kw=pc0,
+            pd_kw=pd0, limited=plan.limited, needs_lowered_kwh=plan.needs_lowered_kwh,
+            idle_plugged_h=self.idle_plugged_h, n_ghosts=int(ghosts.size), message=plan.message,
         )
         self.last = result
         return result
+
+    def _plan(self, now, h: int, mode: str, plan_ref: np.ndarray, idx: np.ndarray, ghosts: np.ndarray,
+              p_min_kw, p_max_kw, bus_limits: dict, limit_by) -> _Plan:
+        """The re-dispatch from `now` over h steps for the sessions `idx` and the ghosts `ghosts` (an idle plan when
+        no session is plugged in), under the step's limits."""
+        if not idx.size:
+            return _Plan(None, np.zeros(0), np.zeros(0))
+        planned = np.concatenate([idx, len(self.fleet) + ghosts]) if ghosts.size else idx
+        sub = self._plan_fleet.select(planned)
+        e0 = np.concatenate([self.energy_kwh[idx], self._ghost_e0[ghosts]]) if ghosts.size else self.energy_kwh[idx]
+        problem = Problem.build(sub, now, self.step_td, h, energy_initial_kwh=e0)
+        limits = None
+        if p_min_kw is not None or p_max_kw is not None or bus_limits:
+            at = self._plan_bus[planned] if self._bus_pos is not None else None
+            limits = Limits.build(len(planned), h, p_min_kw=p_min_kw, p_max_kw=p_max_kw,
+                                  groups=_limit_groups(at, bus_limits, limit_by or {}))
+        method = "uncontrolled" if mode == "uncontrolled" else self.method
+        res = dispatch(sub, Reference(now, self.step_td, plan_ref), method=method,
+                       time_limit_s=self.time_limit_s, problem=problem, limits=limits, applied_steps=1)
+        limited = False
+        if limits is not None:
+            limited = _binding(limits, problem, res)
+            if res.needs_lowered_kwh > 0:
+                self._say_once("lowered", logging.WARNING,
+                               "%s: at %s the grid limits leave %.6g kWh of departure needs out of reach; the "
+                               "limits come first (said once)", self.name, now, res.needs_lowered_kwh)
+        # (ghosts: 0 in the first step, their arrival lies ahead)
+        return _Plan(problem, res.pc[:, 0], res.pd[:, 0], res.status, res.message, limited, res.needs_lowered_kwh)
+
+    def _apply(self, idx: np.ndarray, plan: _Plan) -> tuple[np.ndarray, np.ndarray, int, float]:
+        """The plan's first step applied to the sessions `idx`: their energies carried (exactly the engine's energy
+        after the first step, Problem.energy's first column); (pc, pd) of `idx`, the EVs plugged in in the step and
+        their energy at its end."""
+        if plan.problem is None:
+            return np.zeros(0), np.zeros(0), 0, 0.0
+        n_idx = idx.size
+        e_new = plan.problem.energy(plan.pc0[:, None], plan.pd0[:, None])[:n_idx, 0]
+        self.energy_kwh[idx] = e_new
+        on = (plan.problem.first[:n_idx] == 0) & (plan.problem.stop[:n_idx] > 0)
+        return plan.pc0[:n_idx], plan.pd0[:n_idx], int(on.sum()), float(e_new[on].sum())
+
+    def _bus_powers(self, idx: np.ndarray, p_ev: np.ndarray) -> tuple[np.ndarray, float]:
+        """(net power per bus of `buses` (empty without buses), the fleet's net power) in kW of the sessions `idx`
+        drawing `p_ev`."""
+        if self._bus_pos is None:
+            return np.zeros(0), float(p_ev.sum())
+        bus_kw = np.bincount(self._bus_pos[idx], weights=p_ev, minlength=len(self.buses))
+        return bus_kw, float(bus_kw.sum())
+
+    def _idle(self, k: int) -> tuple[int, float]:
+        """The EVs plugged in in step k past their declared departure (not planned, drawing nothing): their number
+        and energy; their hours counted in `idle_plugged_h`."""
+        if not self._idle_possible:
+            return 0, 0.0
+        idle = np.flatnonzero((self.plan_stop_g <= k) & (self.first_g <= k) & (self.stop_g > k))
+        self.idle_plugged_h += idle.size * self.dt_h
+        return int(idle.size), float(self.energy_kwh[idle].sum())
+
+    def _leaving(self, k: int, idx: np.ndarray) -> np.ndarray:
+        """The sessions that leave at the end of step k: among those planned (`idx`), or, where EVs may stay past
+        their declared departure unplanned, among all."""
+        # (with the stays shorter than one step, which leave unserved in the step their departure falls in)
+        short = np.flatnonzero(self._short_stay_k == k)
+        if self._idle_possible:
+            return np.concatenate([np.flatnonzero(self.servable & (self.stop_g == k + 1)), short])
+        return np.concatenate([idx[self.stop_g[idx] == k + 1], short])
 
     def _planned(self, k: int, h: int) -> tuple[np.ndarray, np.ndarray]:
         """The positions of the sessions the plan of step k (over h steps) is for, and of its ghost sessions."""
@@ -649,6 +681,15 @@ def _joined(a: Fleet, b: Fleet) -> Fleet:
         else:
             values[f.name] = np.concatenate([x, y])
     return _unchecked(values)  # two checked fleets (a ghost's id may repeat a session's: ids are not used here)
+
+
+def _binding(limits: Limits, problem: Problem, res: DispatchResult) -> bool:
+    """Whether a grid limit binds in the plan's first step: the power it bounds within LIMIT_BINDING_KW of where the
+    solvers put the bound (a hair inside it, limits.solver_limits)."""
+    net0 = limits.net_kw(res.pc[:, :1], res.pd[:, :1])[:, 0]
+    aimed = solver_limits(limits, problem)
+    return bool(np.any((net0 >= aimed.p_max_kw[:, 0] - LIMIT_BINDING_KW)
+                       | (net0 <= aimed.p_min_kw[:, 0] + LIMIT_BINDING_KW)))
 
 
 def _limit_groups(at: np.ndarray, bus_limits: Mapping, limit_by: Mapping) -> dict:

@@ -51,6 +51,7 @@ METHODS = {
     "edf": Method(solve_edf, rule=True, description="earliest deadline first"),
     "round_robin": Method(solve_round_robin, rule=True, description="proportional share"),
 }
+DEFAULT_METHOD = "dcls"  # of `dispatch`, the aggregator, `evagg dispatch` and the scenarios
 
 
 @dataclass
@@ -176,7 +177,7 @@ def method_info(method: str) -> Method:
 def dispatch(
     fleet: Fleet,
     reference: Reference,
-    method: str = "dcls",
+    method: str = DEFAULT_METHOD,
     time_limit_s: float | None = None,
     problem: Problem | None = None,
     warm_start=None,

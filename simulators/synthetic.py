@@ -14,7 +14,8 @@ import pandas as pd
 from .fleet import Fleet, signal_bound_kw
 from .reference import Reference
 
-__all__ = ["synthetic_fleet", "synthetic_reference", "PATTERNS", "CHARGER_KW", "REFERENCE_KINDS"]
+__all__ = ["synthetic_fleet", "synthetic_reference", "PATTERNS", "CHARGER_KW", "REFERENCE_KINDS", "SYNTHETIC_START",
+           "DEFAULT_V2G_SHARE"]
 
 # Charging patterns: name -> (arrival hours [lo, hi), departure hours [lo, hi), departure day offset).
 # Hours are clock hours of the session's day; an offset of 1 means the next morning.
@@ -33,15 +34,19 @@ _CHARGER_P = {
 # Typical usable battery sizes (kWh) and how common they are; each session gets one plus ~3 % noise.
 _BATTERY_KWH = np.array([40.0, 52.0, 58.0, 64.0, 77.0, 82.0, 100.0])
 _BATTERY_P = np.array([0.12, 0.15, 0.18, 0.18, 0.17, 0.12, 0.08])
-REFERENCE_KINDS = ("regulation", "surplus")
+REFERENCE_KINDS = ("regulation", "surplus")  # the first is the default
+# The synthetic fleets' and signals' own default date (a scenario's study start is scenarios.options's
+# DEFAULT_STUDY_START).
+SYNTHETIC_START = "2026-06-01T00:00:00"
+DEFAULT_V2G_SHARE = 0.5  # share of the synthetic sessions that can discharge
 
 
 def synthetic_fleet(
     n: int,
     seed: int | None = 0,
-    start="2026-06-01T00:00:00",
+    start=SYNTHETIC_START,
     days: int = 1,
-    v2g_share: float = 0.5,
+    v2g_share: float = DEFAULT_V2G_SHARE,
     mix: Sequence[float] = (0.5, 0.35, 0.15),
     buses: Sequence[int] | None = None,
 ) -> Fleet:
@@ -143,11 +148,11 @@ def synthetic_fleet(
 
 def synthetic_reference(
     fleet: Fleet | None = None,
-    start="2026-06-01T00:00:00",
+    start=SYNTHETIC_START,
     step_s: int = 900,
     n_steps: int = 96,
     seed: int | None = 0,
-    kind: str = "regulation",
+    kind: str = REFERENCE_KINDS[0],
     scale_kw: float | None = None,
 ) -> Reference:
     """A seeded reference signal p_ref_kw (kW, grid side, + = the fleet draws power) of `n_steps` steps of

@@ -13,7 +13,8 @@ import pytest
 import evagg.simulators.dispatch as dispatch_module
 from evagg.scenarios.cli import SUBCOMMANDS, main
 from evagg.simulators.dispatch import METHODS
-from evagg.simulators.tables import read_dispatch, read_reference, read_sessions
+from evagg.simulators.synthetic import synthetic_fleet, synthetic_reference
+from evagg.simulators.tables import read_dispatch, read_reference, read_sessions, write_reference, write_sessions
 
 
 def run(capsys, *argv):
@@ -197,6 +198,38 @@ def test_fleet_step_must_fit(tmp_path, capsys):
                           "--signal-out", tmp_path / "r.csv", "--step-min", 7)
     assert code == 2 and "does not divide" in stderr
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["fleet", "--n", "4", "--seed", "-1"], "--seed"),  # was a numpy traceback
+    (["fleet", "--n", "4", "--seed", "1", "--days", "0"], "--days"),
+    (["fleet", "--n", "4", "--seed", "1", "--v2g-share", "nan"], "--v2g-share"),
+    (["fleet", "--n", "4", "--seed", "1", "--mix", "1,-1,1"], "--mix"),
+    (["fleet", "--n", "4", "--seed", "1", "--buses", "5-2"], "--buses"),
+    (["fleet", "--n", "4", "--seed", "1", "--start", "soon"], "--start"),
+    (["fleet", "--n", "4", "--seed", "1", "--signal-kind", "noise"], "--signal-kind"),
+    (["fleet", "--n", "4", "--seed", "1", "--step-min", "0"], "--step-min"),
+    (["dispatch", "--sessions", "s.csv", "--signal", "r.csv", "--method", "magic"], "--method"),
+    (["dispatch", "--sessions", "s.csv", "--signal", "r.csv", "--time-limit", "0"], "--time-limit"),
+    (["dispatch", "--sessions", "s.csv", "--signal", "r.csv", "--signal-step", "0.5"], "--signal-step"),
+])
+def test_fleet_and_dispatch_errors_are_one_line_naming_the_flag(tmp_path, capsys, monkeypatch, argv, flag):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, stderr = run(capsys, *argv, "--out", "o.csv")
+    assert code == 2 and stdout == ""
+    assert stderr.startswith("evagg: error: ") and stderr.count("\n") == 1 and flag in stderr
+    assert os.listdir(tmp_path) == []
+
+
+def test_fleet_defaults_are_synthetic_fleets(tmp_path, capsys):
+    """`evagg fleet` without options writes the fleet and signal of the engine's own defaults."""
+    s, r = tmp_path / "s.csv", tmp_path / "r.csv"
+    assert run(capsys, "fleet", "--n", 12, "--seed", 4, "--out", s, "--signal-out", r)[0] == 0
+    fleet = synthetic_fleet(12, 4)
+    write_sessions(fleet, tmp_path / "engine-s.csv")
+    write_reference(synthetic_reference(fleet, seed=4), tmp_path / "engine-r.csv")
+    assert s.read_bytes() == (tmp_path / "engine-s.csv").read_bytes()
+    assert r.read_bytes() == (tmp_path / "engine-r.csv").read_bytes()
 
 
 # ----------------------------------------------------------------------------------------------- help

@@ -1,16 +1,19 @@
 """The package's structure: its imports (no circle, no upward arrow between the layers scenarios -> plugin ->
 simulators, imports inside functions only for heavy optional dependencies) and one home for each option (the
-`evagg run` arguments and help are the options' table, nothing added by hand)."""
+arguments and help of `evagg run`, `fleet` and `dispatch` are their options' tables, nothing added by hand)."""
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
 import pytest
 
-from evagg.scenarios.cli import build_parser
+from evagg.scenarios.cli import DISPATCH_OPTIONS, FLEET_OPTIONS, SIGNAL_OPTIONS, build_parser
 from evagg.scenarios.options import OPTIONS, Options, _num
 from evagg.simulators.aggregator import DEFAULT_HORIZON
+from evagg.simulators.dispatch import DEFAULT_METHOD, dispatch
+from evagg.simulators.synthetic import synthetic_fleet, synthetic_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 # source folder -> package, and its layer (an import goes to the same layer or one below, never up)
@@ -144,9 +147,50 @@ def test_imports_inside_functions_are_heavy_dependencies_only():
 
 
 def run_parser():
+    return command_parser("run")
+
+
+def command_parser(command: str):
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    return sub.choices["run"]
+    return sub.choices[command]
+
+
+TABLES = {"fleet": {**FLEET_OPTIONS, **SIGNAL_OPTIONS}, "dispatch": DISPATCH_OPTIONS}
+
+
+@pytest.mark.parametrize("command", list(TABLES))
+def test_command_arguments_are_their_table(command):
+    """Every argument of `evagg fleet` / `dispatch` is an option of its table, with the table's flag, help and
+    requiredness, read as text (the table checks it: no argparse type, choices or default of its own)."""
+    actions = {a.dest: a for a in command_parser(command)._actions if a.dest != "help"}
+    table = TABLES[command]
+    assert set(actions) == set(table)
+    for name, opt in table.items():
+        action = actions[name]
+        assert action.help == opt.help_text(), name
+        assert action.option_strings == [opt.cli_flag], name
+        assert action.required == opt.required, name
+        assert (action.type, action.choices, action.default) == (None, None, None), name
+        if opt.required:
+            assert "default:" not in action.help, name
+        else:
+            assert "; default: " in action.help, name
+
+
+def test_command_defaults_are_the_engines():
+    """The defaults of `evagg fleet` / `dispatch` are the engine functions' own (one home: their signatures)."""
+    for table, function, names in ((FLEET_OPTIONS, synthetic_fleet, {}),
+                                   (SIGNAL_OPTIONS, synthetic_reference, {"signal_kind": "kind"}),
+                                   (DISPATCH_OPTIONS, dispatch, {"time_limit": "time_limit_s"})):
+        params = inspect.signature(function).parameters
+        for name, opt in table.items():
+            engine = params.get(names.get(name, name))
+            if engine is not None and not opt.required:
+                assert opt.default == engine.default, name
+    step_s = inspect.signature(synthetic_reference).parameters["step_s"].default
+    assert SIGNAL_OPTIONS["step_min"].default * 60 == step_s
+    assert DISPATCH_OPTIONS["method"].default == DEFAULT_METHOD
 
 
 def test_run_arguments_are_the_options_table():
