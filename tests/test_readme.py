@@ -1,7 +1,9 @@
-"""The README's "Use it in your own mosaik scenario" snippet runs as written, its first command is the main job, and
-plugin/README.md's parameter tables are the models' own (evagg.plugin.meta)."""
+"""The README's "Use it in your own mosaik scenario" snippet runs as written (and with the faults section's supervised
+run put in as it says), its first command is the main job, and plugin/README.md's parameter tables are the models'
+own (evagg.plugin.meta)."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -63,3 +65,28 @@ def test_the_plugin_readme_shows_every_model_parameter_as_the_table_has_it():
         assert f"| `{name}` | {default} |" in blocks["Aggregator"]
     for name, default in (("forecast_steps", "`0`"), ("forecast_error", "`0.0`"), ("forecast_seed", "`0`")):
         assert f"| `{name}` | {default} |" in blocks["Signal"]
+
+
+def test_the_supervised_snippet_runs_in_the_mosaik_scenario(tmp_path):
+    """The faults section's snippet, put into the mosaik scenario as it says (the aggregator in its own process,
+    the last line replaced), runs to the end; test_faults kills such aggregators."""
+    pytest.importorskip("simbench")
+    pytest.importorskip("mosaik_components.pandapower")
+    scenario = code_blocks(section("Use it in your own mosaik scenario"), "python")[0]
+    faults = section("Faults in distributed runs")
+    blocks = code_blocks(faults, "python")
+    assert len(blocks) == 1
+    own_process = re.search(r'\(`("EVAgg": \{"cmd": [^`]*\})`\)', faults).group(1)
+    scenario, n = re.subn(r'"EVAgg": \{[^}]*\}', lambda _: own_process, scenario)
+    assert n == 1
+    last = "world.run(until=HOURS * 3600)\n"
+    assert scenario.endswith(last)
+    script = scenario[: -len(last)] + blocks[0]
+    (tmp_path / "scenario.py").write_text(script, encoding="utf-8")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.run([sys.executable, "scenario.py"], cwd=tmp_path, capture_output=True, text=True, timeout=180,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "evagg-mosaik" in script and "supervised_run(world" in script
+    table = pd.read_csv(tmp_path / "results.csv")
+    assert table["time"].nunique() == 24

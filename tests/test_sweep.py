@@ -15,11 +15,14 @@ import pytest
 pytest.importorskip("simbench")
 pytest.importorskip("mosaik_components.pandapower")
 distributed = pytest.importorskip("distributed")
+pp = pytest.importorskip("pandapower")
 
 from evagg.scenarios import sweep  # noqa: E402
+from evagg.scenarios.errors import ScenarioError  # noqa: E402
 from evagg.scenarios.cli import main  # noqa: E402
 from evagg.scenarios.options import DEFAULT_GRID  # noqa: E402
 from evagg.simulators.grids import load_grid  # noqa: E402
+from nets import radial_net  # noqa: E402
 
 SWEEP = ["sweep", "--evs", "20,60", "--seeds", "1,2", "--steps", "8", "--no-plots"]
 RUNS = {(20, 1), (20, 2), (60, 1), (60, 2)}
@@ -51,7 +54,9 @@ def local(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A Dask scheduler and two single-threaded workers on 127.0.0.1, as processes (`python -m dask ...`)."""
+    """A Dask scheduler and a single-threaded worker on 127.0.0.1, as processes (`python -m dask ...`). One worker
+    process: each process loads the simbench grid once (seconds of CPU), and the runs of the tests that follow find
+    it loaded there."""
     where = tmp_path_factory.mktemp("dask")
     file = where / "scheduler.json"
     dask = [sys.executable, "-m", "dask"]
@@ -63,14 +68,14 @@ def cluster(tmp_path_factory):
         while not file.is_file() and time.monotonic() < deadline:
             time.sleep(0.1)
         address = json.loads(file.read_text())["address"]
-        procs.append(subprocess.Popen([*dask, "worker", address, "--host", "127.0.0.1", "--nworkers", "2",
-                                       "--nthreads", "1", "--no-dashboard"], cwd=where, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen([*dask, "worker", address, "--host", "127.0.0.1", "--nworkers", "1",
+                                       "--nthreads", "1", "--no-nanny", "--no-dashboard"], cwd=where,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         with distributed.Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
+            client.wait_for_workers(1, timeout=120)
         yield address
     finally:
-        for p in reversed(procs):  # the workers' nanny ends its worker processes on SIGTERM
+        for p in reversed(procs):
             p.terminate()
             try:
                 p.wait(30)
@@ -143,12 +148,15 @@ def test_a_failing_run_is_a_row_and_the_others_go_on(cluster, tmp_path, capsys):
     assert f"grid file {missing}: no such file" in frame.loc[str(missing), "error"]
 
 
-def test_a_penetration_is_a_share_of_the_load_buses():
-    args = sweep_args("--penetration", "10,50", "--seeds", "3")
-    _, specs = sweep.plan(args)
-    buses = len(load_grid(DEFAULT_GRID).load_buses)
-    assert [(s["evs"], s["penetration_pct"], s["seed"]) for s in specs] == [
-        (round(0.1 * buses), 10.0, 3), (round(0.5 * buses), 50.0, 3)]
+def test_a_penetration_is_a_share_of_the_load_buses(tmp_path):
+    grid = tmp_path / "feeder.json"  # the tiny feeder: 4 load buses (a simbench grid costs seconds to load)
+    pp.to_json(radial_net(), str(grid))
+    buses = len(load_grid(str(grid)).load_buses)
+    assert buses == 4
+    _, specs = sweep.plan(sweep_args("--penetration", "50,100", "--seeds", "3", "--grids", str(grid)))
+    assert [(s["evs"], s["penetration_pct"], s["seed"]) for s in specs] == [(2, 50.0, 3), (4, 100.0, 3)]
+    with pytest.raises(ScenarioError, match="--penetration 10 % of the 4 load buses of .* is no EV"):
+        sweep.plan(sweep_args("--penetration", "10", "--grids", str(grid)))
 
 
 def test_bad_sweep_options_are_refused_before_any_run(tmp_path, capsys):
