@@ -25,7 +25,7 @@ import pandas as pd
 
 from evagg.simulators import dispatch as dispatch_module  # looked up at the call (tests replace the function)
 from evagg.simulators.dispatch import METHODS
-from evagg.simulators.fleet import Fleet
+from evagg.simulators.fleet import LIMITS, Fleet
 from evagg.simulators.imports import ENERGY_CHOICES, Assumptions, read_acn, read_elaad
 from evagg.simulators.synthetic import REFERENCE_KINDS, synthetic_fleet, synthetic_reference
 from evagg.simulators.tables import (
@@ -234,8 +234,30 @@ def _cmd_fleet(args) -> int:
 IMPORT_FORMATS = {"acn": read_acn, "elaad": read_elaad}
 
 
+_ASSUMED = Assumptions()  # the importers' documented defaults
+# evagg import's options: flags, checks, defaults (the importers' own) and help, read by `_options`.
+IMPORT_OPTIONS = table(
+    out=Option("path", "where to write the sessions table (not over FILE)", metavar="SESSIONS.csv", required=True),
+    energy=Option("choice", "acn: the energy a session needs: delivered (kWhDelivered, what it took: feasible) or "
+                  "requested (the driver's kWhRequested, where given)", choices=ENERGY_CHOICES,
+                  metavar="|".join(ENERGY_CHOICES), default_text=ENERGY_CHOICES[0]),
+    capacity_kwh=Option("number", "battery capacity, kWh (raised where a session took more)",
+                        label="battery capacity", lo=0.0, lo_open=True, hi=LIMITS["capacity_kwh"].high,
+                        metavar="KWH", default=_ASSUMED.capacity_kwh),
+    soc_initial=Option("range", "state of charge at arrival: a share in [0, 1), or a range drawn uniformly (seeded)",
+                       label="state of charge at arrival", lo=0.0, hi=1.0, hi_open=True, metavar="F|LO,HI",
+                       default=_ASSUMED.soc_initial),
+    v2g_share=Option("number", "share of sessions (drawn, seeded) that can discharge at their charger power",
+                     label="V2G share", lo=0.0, hi=1.0, metavar="F", default=_ASSUMED.v2g_share),
+    charger_kw=Option("number", "charger power where the data has none (ACN; ElaadNL without MaxPower), kW; never "
+                      "below the session's energy over its charging time", label="charger power", lo=0.0,
+                      lo_open=True, hi=LIMITS["p_charge_max_kw"].high, metavar="KW", default=_ASSUMED.charger_kw),
+    seed=Option("int", "random seed of the draws", lo=0, metavar="K", default=_ASSUMED.seed),
+    strict=Option("flag", "a row that cannot be a session is an error (nothing written) instead of skipped"),
+)
+
+
 def _setup_import(p: argparse.ArgumentParser) -> None:
-    a = Assumptions()
     p.description = _describe(
         "Turn session data in the formats users hold into a sessions table (times in UTC): acn = ACN-Data JSON "
         "(Caltech/JPL, as the API and the website export it: connectionTime, disconnectTime, kWhDelivered, "
@@ -243,35 +265,18 @@ def _setup_import(p: argparse.ArgumentParser) -> None:
         "ElaadNL open transactions CSV (';' or ','; UTCTransactionStart, UTCTransactionStop, TotalEnergy kWh, "
         "MaxPower kW, ChargeTime h). What the data lacks comes from the seeded assumptions below: a battery of "
         "--capacity-kwh (larger where the session took more), an energy at arrival of --soc-initial of it, a "
-        "target of that plus what the session took (times the efficiency 0.95), a charger never too weak for "
-        "the energy. Rows that cannot be a session are skipped and said on stderr (line or item, id), with their "
+        f"target of that plus what the session took (times the efficiency {_ASSUMED.eta:g}), a charger never too "
+        "weak for the energy. Rows that cannot be a session are skipped and said on stderr (line or item, id), with their "
         "count. Prints a one-line JSON summary on stdout; writes --out only on success."
     )
     p.epilog = SESSIONS_FORMAT + "\n  (imported tables add the column station, and for ACN departure_declared)"
     p.add_argument("format", choices=tuple(IMPORT_FORMATS), help="the file's format: acn (JSON) or elaad (CSV)")
     p.add_argument("file", type=Path, metavar="FILE", help="the session data to import")
-    p.add_argument("--out", required=True, type=Path, metavar="SESSIONS.csv",
-                   help="where to write the sessions table (not over FILE)")
-    p.add_argument("--energy", choices=ENERGY_CHOICES, default=None,
-                   help="acn: the energy a session needs: delivered (kWhDelivered, what it took: feasible) or "
-                        "requested (the driver's kWhRequested, where given); default: delivered")
-    p.add_argument("--capacity-kwh", type=_positive_float, default=a.capacity_kwh, metavar="KWH",
-                   help=f"battery capacity, kWh (raised where a session took more); default: {a.capacity_kwh:g}")
-    p.add_argument("--soc-initial", type=_soc_range, default=a.soc_initial, metavar="F|LO,HI",
-                   help="state of charge at arrival: a share in [0, 1), or a range drawn uniformly (seeded); "
-                        f"default: {a.soc_initial[0]:g},{a.soc_initial[1]:g}")
-    p.add_argument("--v2g-share", type=_share, default=a.v2g_share, metavar="F",
-                   help=f"share of sessions (drawn, seeded) that can discharge at their charger power; default: "
-                        f"{a.v2g_share:g}")
-    p.add_argument("--charger-kw", type=_positive_float, default=a.charger_kw, metavar="KW",
-                   help=f"charger power where the data has none (ACN; ElaadNL without MaxPower), kW; never below "
-                        f"the session's energy over its charging time; default: {a.charger_kw:g}")
-    p.add_argument("--seed", type=int, default=a.seed, metavar="K", help=f"random seed of the draws; default: {a.seed}")
-    p.add_argument("--strict", action="store_true", help="a row that cannot be a session is an error (nothing "
-                                                         "written) instead of skipped")
+    add_arguments(p, options=IMPORT_OPTIONS)
 
 
 def _cmd_import(args) -> int:
+    _options(args, IMPORT_OPTIONS)
     if args.energy is not None and args.format != "acn":
         return _usage_error(f"--energy is for ACN-Data (acn): {args.format} gives the energy taken only")
     if not args.file.is_file():
@@ -281,12 +286,7 @@ def _cmd_import(args) -> int:
                    seed=args.seed, charger_kw=args.charger_kw, strict=args.strict)
     if args.format == "acn":
         options["energy"] = args.energy or ENERGY_CHOICES[0]
-    try:
-        frame = IMPORT_FORMATS[args.format](args.file, **options)
-    except InputError:
-        raise
-    except ValueError as exc:  # an assumption out of range
-        return _usage_error(str(exc))
+    frame = IMPORT_FORMATS[args.format](args.file, **options)
     fleet = Fleet.from_frame(frame)
     write_sessions(fleet, args.out)
     summary = {
@@ -523,47 +523,6 @@ def _check_out_dir(path: Path, inputs=()) -> None:
         raise _UsageError(f"{path}: the directory {directory} does not exist")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise _UsageError(f"{path}: cannot write in the directory {directory}")
-
-
-def _number_arg(kind: type, lo: float, strict: bool, what: str):
-    """An argparse type: a number of `kind` (int or float) above `lo` (strict) or at least `lo`."""
-
-    def parse(text: str):
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a {'whole number' if kind is int else 'number'}") from None
-        if not np.isfinite(v) or (v <= lo if strict else v < lo):
-            raise argparse.ArgumentTypeError(f"{text!r} must be {what}")
-        return v
-
-    return parse
-
-
-_positive_float = _number_arg(float, 0, True, "a positive number")
-
-
-def _share(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= v <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a share in [0, 1]")
-    return v
-
-
-def _soc_range(text: str) -> tuple[float, float]:
-    try:
-        parts = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a share F or a range LO,HI") from None
-    parts = parts * 2 if len(parts) == 1 else parts
-    if len(parts) != 2 or not 0.0 <= parts[0] <= parts[1] < 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a share in [0, 1) or a range 0 <= LO <= HI < 1")
-    return parts
-
 
 
 if __name__ == "__main__":

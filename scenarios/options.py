@@ -122,12 +122,13 @@ class Option:
     """One option: how it is read and checked, its range, its help and its flag on `evagg run`."""
 
     kind: str  # int | number | text | path | choice | policy | policies | band | time | flag | addresses | shares
-    # | indices
+    # | indices | range (a number F or a range LO,HI, within lo-hi)
     help: str
     label: str = ""  # what an error calls it (default: the name with spaces)
     lo: float | None = None
     hi: float | None = None  # None: no upper bound
     lo_open: bool = False  # lo itself is out of range (a positive number: lo=0, lo_open=True)
+    hi_open: bool = False  # hi itself is out of range (a share below 1: hi=1, hi_open=True)
     count: int | None = None  # shares: how many
     choices: tuple = ()
     metavar: str | None = None
@@ -186,6 +187,8 @@ class Option:
             return _shares(value, self.what(), self.count, self.metavar)
         if self.kind == "indices":
             return _indices(value, self.what())
+        if self.kind == "range":
+            return _range(value, self.what(), self.lo, hi, self.hi_open)
         if self.kind == "policy":
             return Policy(value)
         if self.kind == "policies":
@@ -567,6 +570,22 @@ def _shares(value, what: str, count: int | None, metavar: str | None) -> tuple:
             or sum(shares) <= 0:
         raise ScenarioError(f"{what} must be {expected}, got {value!r}")
     return shares
+
+
+def _range(value, what: str, lo: float, hi: float, hi_open: bool) -> tuple[float, float]:
+    """(LO, HI) from a number F (LO = HI = F) or a range "LO,HI" (text or a sequence), lo <= LO <= HI <= hi (< hi
+    where `hi_open`)."""
+    parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else list(np.atleast_1d(value))
+    expected = (f"a number F or a range LO,HI with {lo:g} <= LO <= HI {'<' if hi_open else '<='} {hi:g}")
+    try:
+        bounds = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise ScenarioError(f"{what} must be {expected}, got {value!r}") from None
+    bounds = bounds * 2 if len(bounds) == 1 else bounds
+    if len(bounds) != 2 or not all(math.isfinite(x) for x in bounds) or not lo <= bounds[0] <= bounds[1] \
+            or bounds[1] > hi or (hi_open and bounds[1] == hi):
+        raise ScenarioError(f"{what} must be {expected}, got {value!r}")
+    return bounds
 
 
 def _indices(value, what: str) -> list[int]:

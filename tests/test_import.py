@@ -14,7 +14,7 @@ from evagg.scenarios.cli import main
 from evagg.scenarios.errors import ScenarioError
 from evagg.scenarios.inputs import spread_over_buses
 from evagg.scenarios.options import Options
-from evagg.simulators.fleet import LIMITS
+from evagg.simulators.fleet import LIMITS, Fleet
 from evagg.simulators.imports import Assumptions, read_acn, read_elaad
 from evagg.simulators.reference import Reference
 from evagg.simulators.tables import InputError, read_reference, read_sessions, write_reference
@@ -151,6 +151,32 @@ def test_acn_strict_and_nothing_written(tmp_path, capsys):
     (tmp_path / "broken.json").write_text('{"_items": [')
     assert main(["import", "acn", str(tmp_path / "broken.json"), "--out", str(out)]) == 2
     assert "is not valid JSON" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("flag, value, says", [
+    ("--soc-initial", "0.5,0.2", "LO <= HI < 1"),
+    ("--soc-initial", "1", "LO <= HI < 1"),
+    ("--seed", "-1", "0 or more"),
+    ("--capacity-kwh", "0", "between 0 and"),
+    ("--charger-kw", "x", "must be a number"),
+    ("--v2g-share", "1.5", "between 0 and 1"),
+])
+def test_import_assumptions_out_of_range_name_their_flag(tmp_path, capsys, flag, value, says):
+    """Checked from the option table like every command's (one line naming the flag, exit 2, nothing written)."""
+    path = write_acn(tmp_path / "acn.json", GOOD_ACN)
+    out = tmp_path / "sessions.csv"
+    assert main(["import", "acn", str(path), "--out", str(out), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert f"({flag})" in err and says in err and "Traceback" not in err and not out.exists()
+
+
+def test_import_defaults_are_the_importers_own(tmp_path):
+    """No flag given: the same table as read_acn with its documented Assumptions."""
+    path = write_acn(tmp_path / "acn.json", GOOD_ACN)
+    out = tmp_path / "sessions.csv"
+    assert main(["import", "acn", str(path), "--out", str(out)]) == 0
+    pd.testing.assert_frame_equal(read_sessions(out).to_frame(), Fleet.from_frame(read_acn(path)).to_frame(),
+                                  check_dtype=False, rtol=1e-9)
 
 
 # ----------------------------------------------------------------------------------------------- ElaadNL
