@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from evagg.simulators.grids import GridError, load_grid
+from evagg.simulators.grids import GridError, grid_file, load_grid
 
 from . import report
 from .errors import Interrupted, RunFailed, ScenarioError
@@ -115,6 +115,11 @@ def plan(args) -> tuple[dict, list[dict]]:
     grids = parse_list(args.grids, "--grids")
     if len({label(g) for g in grids}) < len(grids):
         raise ScenarioError(f"--grids {args.grids}: two grids have the same name")
+    for grid in grids:  # a missing grid file is a usage error, before any runs (a simbench code is checked by each run)
+        try:
+            grid_file(grid)
+        except GridError as exc:
+            raise ScenarioError(f"--grids: {exc}") from None
     specs = []
     for grid in grids:
         if args.evs is not None:

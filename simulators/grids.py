@@ -101,6 +101,20 @@ def profile_rows(start, seconds: float, step_s: float, n_rows: int) -> np.ndarra
 _CACHE: dict = {}
 
 
+def grid_file(spec) -> Path | None:
+    """The pandapower JSON file a grid `spec` names (None for a simbench code); GridError if it names a file that
+    is not there. Cheap: for checking a list of grids before any run loads one."""
+    spec = str(spec).strip()
+    if not (spec.lower().endswith(".json") or os.sep in spec or Path(spec).exists()):
+        return None
+    path = Path(spec).expanduser().resolve()
+    if path.is_dir():
+        raise GridError(f"grid file {spec}: is a directory; give a pandapower .json file or a simbench code")
+    if not path.is_file():
+        raise GridError(f"grid file {spec}: no such file")
+    return path
+
+
 def load_grid(spec) -> Feeder:
     """The grid `spec`: a simbench code (e.g. ``1-LV-semiurb4--0-sw``) or a pandapower JSON file (a simbench net
     saved with ``pandapower.to_json`` keeps its profiles). Loaded once per process; GridError if it does not load,
@@ -108,11 +122,9 @@ def load_grid(spec) -> Feeder:
     spec = str(spec).strip()
     if not spec:
         raise GridError("the grid is empty: give a simbench code (e.g. 1-LV-semiurb4--0-sw) or a pandapower .json file")
-    is_file = spec.lower().endswith(".json") or os.sep in spec or Path(spec).exists()
+    path = grid_file(spec)
+    is_file = path is not None
     if is_file:
-        path = Path(spec).expanduser().resolve()
-        if not path.is_file():
-            raise GridError(f"grid file {spec}: no such file")
         st = path.stat()
         key = ("json", str(path), st.st_mtime_ns, st.st_size)
     else:

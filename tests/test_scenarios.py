@@ -355,6 +355,7 @@ BAD = [
     (["run", "nonsense"], "unknown scenario 'nonsense'"),
     (["run", "--grid", "1-XX-nowhere--0-sw"], "neither a simbench code"),
     (["run", "--grid", "missing.json"], "missing.json: no such file"),
+    (["run", "--grid", "FULL"], "FULL: is a directory"),
     (["run", "--grid", "BADJSON"], "not a pandapower network"),
     (["run", "--evs", "0"], "--evs"),
     (["run", "--evs", "many"], "whole number"),

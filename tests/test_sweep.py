@@ -137,15 +137,24 @@ def test_a_resumed_sweep_skips_the_complete_runs(local, cluster, tmp_path, capsy
 
 def test_a_failing_run_is_a_row_and_the_others_go_on(cluster, tmp_path, capsys):
     d = tmp_path / "D"
-    missing = tmp_path / "missing.json"
-    code, out, err = run_cli(capsys, "sweep", "--evs", "20", "--steps", "8", "--grids", f"{DEFAULT_GRID},{missing}",
+    broken = tmp_path / "broken.json"  # there, but not a network: found out by the run that loads it
+    broken.write_text('{"not": "a net"}')
+    code, out, err = run_cli(capsys, "sweep", "--evs", "20", "--steps", "8", "--grids", f"{DEFAULT_GRID},{broken}",
                              "--scheduler", cluster, "--out", d, "--no-plots")
     assert code == 1
     assert "1 of 2 runs failed" in err
     frame = table(d).set_index("grid")
     assert frame.loc[DEFAULT_GRID, "status"] == "done" and bool(frame.loc[DEFAULT_GRID, "complete"])
-    assert frame.loc[str(missing), "status"] == "failed"
-    assert f"grid file {missing}: no such file" in frame.loc[str(missing), "error"]
+    assert frame.loc[str(broken), "status"] == "failed"
+    assert f"grid file {broken}: not a pandapower network" in frame.loc[str(broken), "error"]
+
+
+def test_a_missing_grid_file_is_a_usage_error_before_any_run(tmp_path, capsys):
+    d = tmp_path / "D"
+    missing = tmp_path / "missing.json"
+    code, out, err = run_cli(capsys, "sweep", "--evs", "20", "--steps", "8", "--grids", f"{DEFAULT_GRID},{missing}",
+                             "--out", d, "--no-plots")
+    assert code == 2 and f"--grids: grid file {missing}: no such file" in err and not d.exists()
 
 
 def test_a_penetration_is_a_share_of_the_load_buses(tmp_path):
