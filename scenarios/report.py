@@ -546,7 +546,8 @@ def _save(fig, path) -> None:
 
 def _finish(fig, ax, times, path: Path) -> Path:
     """A one-axes plot's legend and time axis; saved at `path` (returned)."""
-    ax.legend(loc="best", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # (a plot of no_evs alone has no labelled line)
+        ax.legend(loc="best", fontsize=8)
     _time_axis(ax, times)
     fig.tight_layout()
     _save(fig, path)
