@@ -113,7 +113,10 @@ def cache_dir() -> Path | None:
         return None
     if value:
         return Path(value).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "evagg"
+    try:
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "evagg"
+    except (RuntimeError, KeyError):  # no home directory to be found (a service account): no cache
+        return None
 
 
 def _simbench_net(code: str):
