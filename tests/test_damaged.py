@@ -11,15 +11,11 @@ import pytest
 from evagg.scenarios import report
 from evagg.scenarios.cli import main
 from evagg.simulators.collector import TableError, iter_table
+from cli import run_cli
 
 START = "2026-01-14T18:00:00"
 STEPS = 4
 
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,10 @@ import pytest
 from evagg.scenarios.cli import main
 from evagg.simulators.synthetic import synthetic_fleet, synthetic_reference
 from evagg.simulators.tables import read_reference, write_reference, write_sessions
+from cli import run_cli
 
 START = "2026-01-14T18:00:00"
 
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from evagg.scenarios.options import DEFAULT_GRID, Options  # noqa: E402
 from evagg.simulators.grids import load_grid, profile_rows  # noqa: E402
 from evagg.simulators.reference import Reference  # noqa: E402
 from evagg.simulators.tables import read_sessions, write_reference  # noqa: E402
+from cli import run_cli  # noqa: E402
 
 START = "2026-01-14T18:00:00"  # the evening: EVs arrive and charge
 STEPS = 6
@@ -48,11 +49,6 @@ def pivot(table, model, attribute) -> pd.DataFrame:
 def summary_of(out) -> dict:
     return json.loads((Path(out) / "summary.json").read_text())
 
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

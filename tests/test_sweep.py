@@ -23,17 +23,13 @@ from evagg.scenarios.cli import main  # noqa: E402
 from evagg.scenarios.options import DEFAULT_GRID  # noqa: E402
 from evagg.simulators.grids import load_grid  # noqa: E402
 from nets import radial_net  # noqa: E402
+from cli import run_cli  # noqa: E402
 
 SWEEP = ["sweep", "--evs", "20,60", "--seeds", "1,2", "--steps", "8", "--no-plots"]
 RUNS = {(20, 1), (20, 2), (60, 1), (60, 2)}
 # what differs between two identical runs: wall and solve times (and where the sweep's folder is)
 TIMES = ("wall_s", "solve_time_s")
 
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def table(d: Path) -> pd.DataFrame:
