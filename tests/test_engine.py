@@ -146,6 +146,50 @@ def test_decomposed_and_central_relaxations_agree(fleet50, kind):
     assert sse_dc == pytest.approx(central.lower_bound, rel=1e-3, abs=1.0)
 
 
+@pytest.mark.parametrize("kind", ["regulation", "surplus"])
+def test_dual_bound_takes_the_best_multipliers_for_its_energy_prices(fleet50, kind):
+    """The bound's multipliers for the non-negativity and hull rows are chosen, not taken from the interior point:
+    however noisy those are, the bound stays the same (and proven); so does it when an energy row's lower and upper
+    multipliers are both raised by the same amount (their difference, the energy price, is what it uses)."""
+    ref = synthetic_reference(fleet50, seed=7, kind=kind)
+    problem = Problem.build(fleet50, ref.start, ref.step, ref.n_steps)
+    qp = RelaxedQP(problem, ref.p_ref_kw)
+    sol = qp.solve()
+    central = CentralQP(problem, ref.p_ref_kw).solve()
+    lay = qp.lay
+    pc, pd = lay.to_layout(sol.pc) * qp.hc, lay.to_layout(sol.pd) * qp.hd
+    z = np.stack([lay.to_layout(m) for m in sol.multipliers])
+    mask = np.stack([qp.hc, qp.hd] + [np.ones(lay.M, bool)] * 3)
+    h = np.stack([np.zeros(lay.M), np.zeros(lay.M), -np.ones(lay.M), qp.lo - qp.e0, qp.e0 - qp.hi]) * mask
+    bound = qp._dual_bound(pc, pd, z.ravel(), h.ravel(), mask.ravel())
+    rng = np.random.default_rng(3)
+    noisy = z.copy()
+    noisy[:3] *= rng.uniform(0.0, 10.0, size=(3, lay.M))
+    noisy[3:] += rng.uniform(0.0, 1.0, size=lay.M)
+    again = qp._dual_bound(pc, pd, noisy.ravel(), h.ravel(), mask.ravel())
+    assert again == pytest.approx(bound, rel=1e-9, abs=1e-6)
+    assert bound <= central.lower_bound + 1e-6 * max(central.lower_bound, 1.0) + 1.0
+    assert sol.lower_bound >= bound - 1e-9 * max(abs(bound), 1.0)  # the solve kept its best iterate's bound
+
+
+def test_relaxed_bound_is_the_best_of_the_iterates(fleet50, surplus50, monkeypatch):
+    """Near a degenerate optimum the dual residual is noisy from one iterate to the next: the solve reports the best
+    bound of all its late iterates, not the one of the iterate it returns."""
+    problem = Problem.build(fleet50, surplus50.start, surplus50.step, surplus50.n_steps)
+    qp = RelaxedQP(problem, surplus50.p_ref_kw)
+    seen = []
+    original = RelaxedQP._dual_bound
+
+    def recording(self, *args):
+        seen.append(original(self, *args))
+        return seen[-1]
+
+    monkeypatch.setattr(RelaxedQP, "_dual_bound", recording)
+    sol = qp.solve()
+    assert len(seen) > 1
+    assert sol.lower_bound == max(seen)
+
+
 @pytest.fixture(scope="module")
 def example50():
     """The project's example: 50 sessions (80% V2G) and a day's signal that asks more than the fleet can give.
