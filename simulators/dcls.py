@@ -26,7 +26,9 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import scipy.sparse as sp
 from scipy.linalg import cho_factor, cho_solve
+from scipy.optimize import linprog
 
 from .integer import dispatch_by_cuts
 from .limits import solver_limits
@@ -58,6 +60,12 @@ ACCURATE_ENOUGH = 1e-4
 # the dual residual is noise: 10 more iterations bought nothing).
 BOUND_FROM = 1e-2
 PROVEN_GAP = 1e-4
+# Where the solve ends further than PROVEN_GAP from its bound, the energy prices of the EVs whose prices fall short
+# (worst first, until the others' shortfall is below POLISH_LEFT x the gap aimed at; at most this many EV-steps)
+# are taken from an exact LP (measured: strong swing, 2,000 EVs, seed 3: 144 of 1,975 EVs short, the worst 150 by
+# LP in 0.08 s took the bound from 10 % to 0.03 % below the relaxed SSE; all of them, 2.2 s, 0.006 %).
+POLISH_LEFT = 0.1
+POLISH_EV_STEPS = 20_000
 STAGNATION_ITERATIONS = 3  # ... and once that accurate, stop when the merit has not halved in this many steps
 STALL_ITERATIONS = 10  # once near (STALL_BELOW) or long at it: stop when the best merit fell by less than 10% in
 STALL_BELOW = 1e-2  # this many steps: it is stuck (far from the optimum the merit may rise for a while first)
@@ -152,8 +160,9 @@ class RelaxedQP:
     Built once per problem (arrays only); `solve(has_c, has_d)` re-solves it for other mode restrictions.
     """
 
-    def __init__(self, problem: Problem, p_ref_kw: np.ndarray):
+    def __init__(self, problem: Problem, p_ref_kw: np.ndarray, polish_bound: bool = True):
         self.problem = problem
+        self.polish_bound = polish_bound  # see POLISH_SHARE: worth its LP where the bound is reported
         self.p_ref = np.asarray(p_ref_kw, dtype=float)
         self.T = problem.n_steps
         plugged = problem.plugged
@@ -622,6 +631,14 @@ class RelaxedQP:
         elif not message.startswith(("time limit", "no convergence", "interior point stalled")):
             message = f"interior point stopped at relative accuracy {merit:.1e}"
         bound = max(bound, self._dual_bound(pc, pd, z, h, mask))
+        P = self._aggregate(pc, pd)
+        sse = float(np.sum((P - self.p_ref) ** 2))
+        all_modes = self.hc.sum() == self.can_c.sum() and self.hd.sum() == self.can_d.sum()
+        if self.polish_bound and all_modes and sse - max(bound, 0.0) > PROVEN_GAP * sse + negligible:
+            # (the bound of a relaxation with fixed modes bounds nothing the user is shown)
+            bound = max(bound, self._dual_bound(pc, pd, z, h, mask, polish_to=POLISH_LEFT * PROVEN_GAP * sse))
+            if message and bound > 0:
+                message += f"; its answer is within {100 * (sse - bound) / bound:.2g} % of the proven bound"
         full = lambda a: lay.to_full(a, self.problem.n_evs, self.T)  # noqa: E731
         z_ev, z_rows = self._split(z)
         return RelaxedSolution(
@@ -629,43 +646,106 @@ class RelaxedQP:
             multipliers=np.stack([full(m) for m in z_ev]), limit_multipliers=z_rows.copy() if self.R else None,
         )
 
-    def _dual_bound(self, pc, pd, z, h, mask) -> float:
-        """A proven lower bound on min ||sum p - p_ref||^2 over the relaxed set, from the final multipliers.
+    def _dual_bound(self, pc, pd, z, h, mask, polish_to: float | None = None) -> float:
+        """A proven lower bound on min ||sum p - p_ref||^2 over the relaxed set, from the multipliers z.
 
         Weak duality: for z' >= 0 and y with G^T z' = J^T y, the bound is h^T z' - |y|^2/4 - y^T p_ref. Take
-        y = 2 (P - p_ref) and, from the solver's multipliers (unscaled), each EV's energy price w (its energy rows'
-        multipliers summed from each step on) and the limit rows' multipliers; given those, the best multipliers
-        of the other rows follow in closed form: per EV-step, the hull row's z2 = max(0, -alpha Pc, -beta Pd),
-        where alpha and beta are what the non-negativity rows must then carry (z0 = alpha + z2/Pc >= 0, likewise
-        z1); per step of the energy chain, the change of w on the lower or the upper row, never both. Whatever
-        the tie-breakers and the dual residual leave is thereby absorbed exactly at the least cost.
+        y = 2 (P - p_ref), the limit rows' multipliers from z and, also from z, each EV's energy price w (its energy
+        rows' multipliers summed from each step on); given those, the best multipliers of the other rows follow in
+        closed form (see _ev_duals), which absorbs exactly what the tie-breakers and the dual residual leave over.
+        The bound is then a sum over EVs of what each EV's prices prove, and any prices prove something: with
+        `polish_to` (kW^2), the EVs whose prices prove least against their own part of the primal point, worst
+        first, until what the others fall short by is at most that, get theirs from an exact LP instead (see
+        _lp_energy_prices; at most POLISH_EV_STEPS), and each EV keeps the better of the two.
         """
-        lay, k = self.lay, self.kappa
+        lay = self.lay
         P = self._aggregate(pc, pd)
         y = 2 * (P - self.p_ref)
-        zb = np.maximum(z, 0.0) * mask / k
+        zb = np.maximum(z, 0.0) * mask / self.kappa
         v, vr = self._split(zb)
-        d = v[3] - v[4]  # w_j - w_{j+1}: the energy chain's price change at each step
-        w = lay.rcumsum(d)
-        price = y[lay.gidx]
+        w = lay.rcumsum(v[3] - v[4])
+        price = y[lay.gidx]  # each EV-step's price of net charging: the aggregate's and its limit rows'
         if self.R:
             price = price - self._spread(np.vstack([np.zeros((1, self.T)), vr[0] - vr[1]]))
-        alpha = (price - self.a * w) * self.hc  # z0 - z2/Pc, on the allowed EV-steps
-        beta = (self.b * w - price) * self.hd  # z1 - z2/Pd
-        z2 = np.maximum(np.maximum(-alpha * self.Pc, -beta * self.Pd), 0.0)
-        h_ev, h_rows = self._split(h)
-        value = -float(np.sum(z2)) + float(np.sum(np.maximum(d, 0.0) * h_ev[3] + np.maximum(-d, 0.0) * h_ev[4]))
+        per_ev = self._ev_duals(price, w)
+        if polish_to is not None:
+            # an EV's part of the primal point costs at least what any prices prove for it: the difference says
+            # which EVs' prices are worth an exact LP
+            own = np.bincount(lay.ev, weights=price * (pc * self.hc - pd * self.hd), minlength=lay.n)
+            short = np.maximum(own - per_ev, 0.0)
+            order = np.argsort(-short)
+            left = float(short.sum()) - np.cumsum(short[order])  # what the others fall short by
+            k = int(np.searchsorted(-left, -polish_to)) + 1  # the first prefix leaving at most polish_to
+            if left.size and short[order[0]] > 0:
+                evs = order[:k][np.cumsum(lay.length[order[:k]]) <= POLISH_EV_STEPS]
+                for w_lp in self._lp_energy_prices(price, w, evs):
+                    per_ev = np.maximum(per_ev, self._ev_duals(price, w_lp))
+        value = float(np.sum(per_ev))
         if self.R:
+            _, h_rows = self._split(h)
             value += float(np.sum(h_rows * vr))
         return value - 0.25 * float(y @ y) - float(y @ self.p_ref)
+
+    def _ev_duals(self, price, w) -> np.ndarray:
+        """(n,) what energy prices w (M,) prove for each EV against the step prices `price` (M,): the least over its
+        relaxed set of sum price * (pc - pd) is at least
+
+            sum_j -max(0, (a w - price) Pc, (price - b w) Pd)  +  sum_j min(d Lo, d Hi),   d_j = w_j - w_{j+1},
+
+        (the hull row's best multiplier, and the energy rows' from the change of w: Lo, Hi are the energy bounds
+        relative to the arrival energy). Weak duality per EV, valid for any w."""
+        lay = self.lay
+        alpha = (price - self.a * w) * self.hc
+        beta = (self.b * w - price) * self.hd
+        z2 = np.maximum(np.maximum(-alpha * self.Pc, -beta * self.Pd), 0.0)
+        d = w - lay.after(w)
+        energy = np.minimum(d * (self.lo - self.e0), d * (self.hi - self.e0))
+        return np.bincount(lay.ev, weights=energy - z2, minlength=lay.n)
+
+    def _lp_energy_prices(self, price, w, evs) -> list[np.ndarray]:
+        """Energy prices for the EVs `evs` from an exact LP (HiGHS) of their least cost sum price * (pc - pd)
+        over their relaxed sets: the duals of their energy balance rows, with either sign convention (each is
+        checked by _ev_duals; whichever proves more is kept). Returns [] if HiGHS gives no answer."""
+        lay = self.lay
+        rows = np.flatnonzero(np.isin(lay.ev, evs))
+        m = rows.size
+        if m == 0:
+            return []
+        local = np.full(lay.M, -1)
+        local[rows] = np.arange(m)
+        first = ~lay.has_prev[rows]
+        before = np.flatnonzero(~first)
+        eye = sp.identity(m, format="csr")
+        prev = sp.csr_matrix((np.ones(before.size), (before, local[lay.prev[rows[before]]])), shape=(m, m))
+        # e_j - e_{j-1} - a pc_j + b pd_j = e0 at an EV's first step, 0 after; pc/Pc + pd/Pd <= 1
+        balance = sp.hstack([-sp.diags(self.a[rows]), sp.diags(self.b[rows]), eye - prev]).tocsr()
+        hull = sp.hstack([sp.diags(self.ic[rows]), sp.diags(self.id[rows]), sp.csr_matrix((m, m))]).tocsr()
+        bounds = np.concatenate([np.c_[np.zeros(m), self.Pc[rows] * self.hc[rows]],
+                                 np.c_[np.zeros(m), self.Pd[rows] * self.hd[rows]],
+                                 np.c_[self.lo[rows], self.hi[rows]]])
+        cost = np.concatenate([price[rows] * self.hc[rows], -price[rows] * self.hd[rows], np.zeros(m)])
+        try:
+            res = linprog(cost, A_ub=hull, b_ub=np.ones(m), A_eq=balance, b_eq=np.where(first, self.e0[rows], 0.0),
+                          bounds=bounds, method="highs")
+        except ValueError:
+            return []
+        if res.status != 0 or res.eqlin is None:
+            return []
+        out = []
+        for sign in (1.0, -1.0):
+            w_lp = w.copy()
+            w_lp[rows] = sign * np.asarray(res.eqlin.marginals)
+            out.append(w_lp)
+        return out
 
 
 def solve_dcls(problem: Problem, p_ref_kw: np.ndarray, *, time_limit_s: float | None = None,
                start: RelaxedSolution | None = None, applied_steps: int | None = None):
     """DC-LS dispatch: the decomposed relaxation, then disjunctive cuts until integer-feasible. `start`: a relaxed
     answer on this problem's grid to warm-start from (see `shifted`); `applied_steps`: see integer.cut_and_fix."""
-    return dispatch_by_cuts(problem, p_ref_kw, RelaxedQP(problem, p_ref_kw), time_limit_s, start=start,
-                            applied_steps=applied_steps)
+    # In a receding horizon (applied_steps) the plan's bound is not what the plan is judged on: not polished.
+    relaxation = RelaxedQP(problem, p_ref_kw, polish_bound=applied_steps is None)
+    return dispatch_by_cuts(problem, p_ref_kw, relaxation, time_limit_s, start=start, applied_steps=applied_steps)
 
 
 def shifted(solution: RelaxedSolution, k: int, n_steps: int) -> RelaxedSolution:
