@@ -146,13 +146,11 @@ def test_decomposed_and_central_relaxations_agree(fleet50, kind):
     assert sse_dc == pytest.approx(central.lower_bound, rel=1e-3, abs=1.0)
 
 
-@pytest.mark.parametrize("kind", ["regulation", "surplus"])
-def test_dual_bound_takes_the_best_multipliers_for_its_energy_prices(fleet50, kind):
-    """The bound's multipliers for the non-negativity and hull rows are chosen, not taken from the interior point:
-    however noisy those are, the bound stays the same (and proven); so does it when an energy row's lower and upper
-    multipliers are both raised by the same amount (their difference, the energy price, is what it uses)."""
-    ref = synthetic_reference(fleet50, seed=7, kind=kind)
-    problem = Problem.build(fleet50, ref.start, ref.step, ref.n_steps)
+def _solved_in_layout(fleet, kind):
+    """fleet's relaxation solved by dcls and by the central QP, with dcls's answer in its flat layout: (reference,
+    qp, solution, central solution, pc, pd, multipliers (5, M), row mask (5, M), h (5, M))."""
+    ref = synthetic_reference(fleet, seed=7, kind=kind)
+    problem = Problem.build(fleet, ref.start, ref.step, ref.n_steps)
     qp = RelaxedQP(problem, ref.p_ref_kw)
     sol = qp.solve()
     central = CentralQP(problem, ref.p_ref_kw).solve()
@@ -161,6 +159,16 @@ def test_dual_bound_takes_the_best_multipliers_for_its_energy_prices(fleet50, ki
     z = np.stack([lay.to_layout(m) for m in sol.multipliers])
     mask = np.stack([qp.hc, qp.hd] + [np.ones(lay.M, bool)] * 3)
     h = np.stack([np.zeros(lay.M), np.zeros(lay.M), -np.ones(lay.M), qp.lo - qp.e0, qp.e0 - qp.hi]) * mask
+    return ref, qp, sol, central, pc, pd, z, mask, h
+
+
+@pytest.mark.parametrize("kind", ["regulation", "surplus"])
+def test_dual_bound_takes_the_best_multipliers_for_its_energy_prices(fleet50, kind):
+    """The bound's multipliers for the non-negativity and hull rows are chosen, not taken from the interior point:
+    however noisy those are, the bound stays the same (and proven); so does it when an energy row's lower and upper
+    multipliers are both raised by the same amount (their difference, the energy price, is what it uses)."""
+    ref, qp, sol, central, pc, pd, z, mask, h = _solved_in_layout(fleet50, kind)
+    lay = qp.lay
     bound = qp._dual_bound(pc, pd, z.ravel(), h.ravel(), mask.ravel())
     rng = np.random.default_rng(3)
     noisy = z.copy()
@@ -177,17 +185,9 @@ def test_polished_bound_recovers_energy_prices_by_lp(fleet50, kind):
     """With energy prices that are noise (what a degenerate interior point can end with), the closed-form bound is
     weak; polished, the EVs' prices come from an exact LP and the bound is back at the relaxation's optimum (and
     still proven: never above the relaxed SSE)."""
-    ref = synthetic_reference(fleet50, seed=7, kind=kind)
-    problem = Problem.build(fleet50, ref.start, ref.step, ref.n_steps)
-    qp = RelaxedQP(problem, ref.p_ref_kw)
-    sol = qp.solve()
-    central = CentralQP(problem, ref.p_ref_kw).solve()
+    ref, qp, sol, central, pc, pd, z, mask, h = _solved_in_layout(fleet50, kind)
     lay = qp.lay
-    pc, pd = lay.to_layout(sol.pc) * qp.hc, lay.to_layout(sol.pd) * qp.hd
-    z = np.stack([lay.to_layout(m) for m in sol.multipliers])
     z[3:] = np.random.default_rng(5).uniform(0.0, 0.05, size=(2, lay.M))  # energy prices of the order of y's
-    mask = np.stack([qp.hc, qp.hd] + [np.ones(lay.M, bool)] * 3)
-    h = np.stack([np.zeros(lay.M), np.zeros(lay.M), -np.ones(lay.M), qp.lo - qp.e0, qp.e0 - qp.hi]) * mask
     plain = qp._dual_bound(pc, pd, z.ravel(), h.ravel(), mask.ravel())
     polished = qp._dual_bound(pc, pd, z.ravel(), h.ravel(), mask.ravel(), polish_to=0.0)
     sse = float(np.sum(((sol.pc - sol.pd).sum(0) - ref.p_ref_kw) ** 2))
