@@ -62,9 +62,10 @@ BOUND_FROM = 1e-2
 PROVEN_GAP = 1e-4
 # Where the solve ends further than PROVEN_GAP from its bound, the energy prices of the EVs whose prices fall short
 # (worst first, until the others' shortfall is below POLISH_LEFT x the gap aimed at; at most this many EV-steps)
-# are taken from an exact LP (measured: strong swing, 2,000 EVs, seed 3: 144 of 1,975 EVs short, the worst 150 by
-# LP in 0.08 s took the bound from 10 % to 0.03 % below the relaxed SSE; all of them, 2.2 s, 0.006 %).
-POLISH_LEFT = 0.1
+# are taken from an exact LP (measured: strong swing, 2,000 EVs, seed 3: the bound 10 % below the relaxed SSE; the
+# worst 198 EVs by LP (0.12 s) took it to 0.011 %, POLISH_LEFT = 0.1 (568 EVs, 0.52 s, a third of the solve) to
+# 0.008 %, all of them (2.2 s) to 0.006 %).
+POLISH_LEFT = 1.0
 POLISH_EV_STEPS = 20_000
 STAGNATION_ITERATIONS = 3  # ... and once that accurate, stop when the merit has not halved in this many steps
 STALL_ITERATIONS = 10  # once near (STALL_BELOW) or long at it: stop when the best merit fell by less than 10% in
@@ -162,7 +163,7 @@ class RelaxedQP:
 
     def __init__(self, problem: Problem, p_ref_kw: np.ndarray, polish_bound: bool = True):
         self.problem = problem
-        self.polish_bound = polish_bound  # see POLISH_SHARE: worth its LP where the bound is reported
+        self.polish_bound = polish_bound  # see POLISH_LEFT: worth its LP where the bound is reported
         self.p_ref = np.asarray(p_ref_kw, dtype=float)
         self.T = problem.n_steps
         plugged = problem.plugged
