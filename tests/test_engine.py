@@ -498,3 +498,32 @@ def test_mode_fixing_stops_within_the_stated_accuracy_of_the_bound():
     assert sse == pytest.approx(4.0) and feasible and sse > integer.NEGLIGIBLE_SSE * p_ref @ p_ref
     assert solves == 2
     assert _mode_fixing_rounds(2.0, 4.0 / 1.02)[1] == 3  # 2% above it: the other rounding is tried
+
+
+@pytest.mark.parametrize("kind", ["regulation", "surplus"])
+def test_rounding_solves_stop_looser_but_stay_close(fleet50, kind, monkeypatch):
+    """A relaxation with fixed modes (a rounding's solve) stops at ROUNDING_ACCURACY, not ACCURATE_ENOUGH: it bounds
+    nothing and its answer is netted and repaired. Its tracking SSE stays within 1e-3 (relative to the reference's
+    square sum) of the same solve run to the full accuracy, and it still reports convergence."""
+    from evagg.simulators import dcls
+    from evagg.simulators.integer import _dithered_charge
+
+    ref = synthetic_reference(fleet50, seed=7, kind=kind)
+    problem = Problem.build(fleet50, ref.start, ref.step, ref.n_steps)
+    qp = RelaxedQP(problem, ref.p_ref_kw)
+    first = qp.solve()
+    conflict = (first.pc > 1e-4) & (first.pd > 1e-4)
+    assert conflict.any()  # the premise: a rounding has modes to fix
+    charge = _dithered_charge(problem, first, conflict, qp.can_c, "spread")
+    has_c, has_d = qp.can_c & ~(conflict & ~charge), qp.can_d & ~(conflict & charge)
+
+    def sse(sol):
+        err = (sol.pc - sol.pd).sum(0) - ref.p_ref_kw
+        return float(err @ err)
+
+    loose = qp.solve(has_c, has_d, start=first)
+    monkeypatch.setattr(dcls, "ROUNDING_ACCURACY", dcls.ACCURATE_ENOUGH)
+    strict = qp.solve(has_c, has_d, start=first)
+    assert loose.converged and strict.converged
+    assert loose.iterations <= strict.iterations
+    assert abs(sse(loose) - sse(strict)) <= 1e-3 * float(ref.p_ref_kw @ ref.p_ref_kw)
