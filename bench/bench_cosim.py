@@ -15,6 +15,8 @@ import time
 
 import numpy as np
 
+from evagg.simulators.aggregator import DEFAULT_HORIZON
+
 SIM_CONFIG = {
     "Grid": {"python": "evagg.plugin:SimbenchGridSim"},
     "EVAgg": {"python": "evagg.plugin:AggregatorSim"},
@@ -71,7 +73,8 @@ def main(argv=None) -> int:
     ap.add_argument("--step", type=int, default=900, help="seconds")
     ap.add_argument("--n-evs", type=int, default=1000)
     ap.add_argument("--method", default="dcls")
-    ap.add_argument("--horizon", type=int, default=8)
+    ap.add_argument("--horizon", type=int, default=DEFAULT_HORIZON,
+                    help=f"steps planned ahead (default: the aggregator's, {DEFAULT_HORIZON})")
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args(argv)
     base = run(a.grid, a.start, a.steps, a.step, 0, a.method, a.horizon, a.seed)
