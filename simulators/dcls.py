@@ -531,7 +531,12 @@ class RelaxedQP:
         best = None  # (merit, pc, pd, z): near the optimum, Newton directions lose accuracy; keep the best point
         history = []  # best merit after each iteration
         proven = False
-        best_primal = np.inf  # the best of max(primal residual, duality gap): what guards against divergence
+        best_primal = np.inf  # the best of max(primal residual, relative duality gap)
+        # Divergence is judged on the primal residual and the duality gap relative to the largest objective met so
+        # far: relative to the current one, the gap rises while the objective falls to 0 on a fleet that can follow
+        # the reference exactly (measured: 100,000 EVs, 80 % V2G: 50 -> 6,400 in 13 iterations while the gap itself
+        # fell 1,000-fold; taken for divergence, the solve stopped with nothing).
+        obj_scale, best_guard = 0.0, np.inf
         primal_history = []
         bound = -np.inf  # the best proven bound of any iterate (see BOUND_FROM)
         negligible = 1e-12 * max(float(self.p_ref @ self.p_ref), 1.0)  # an SSE this small is 0 for the gap
@@ -549,8 +554,11 @@ class RelaxedQP:
             res_d = float(max(np.max(np.abs(rdc)), np.max(np.abs(rdd)))) / norm_f
             primal = max(res_p, gap / (1.0 + abs(obj)))
             merit = max(primal, res_d)
-            if not np.isfinite(merit) or primal > 100 * best_primal:
+            obj_scale = max(obj_scale, abs(obj))
+            guard = max(res_p, gap / (1.0 + obj_scale))
+            if not np.isfinite(merit) or guard > 100 * best_guard:
                 break  # diverging (a noisy dual residual alone is not: see BOUND_FROM)
+            best_guard = min(best_guard, guard)
             best_primal = min(best_primal, primal)
             primal_history.append(best_primal)
             if best is None or merit < best[0]:
