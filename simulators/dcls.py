@@ -539,7 +539,8 @@ class RelaxedQP:
         obj_scale, best_guard = 0.0, np.inf
         primal_history = []
         bound = -np.inf  # the best proven bound of any iterate (see BOUND_FROM)
-        negligible = 1e-12 * max(float(self.p_ref @ self.p_ref), 1.0)  # an SSE this small is 0 for the gap
+        ref_sq = float(self.p_ref @ self.p_ref)
+        negligible = 1e-12 * max(ref_sq, 1.0)  # an SSE this small is 0 for the gap
         for it in range(1, max_iter + 1):
             gc_, gd_ = grad(pc, pd)
             GTz = self._GT(z)
@@ -654,7 +655,7 @@ class RelaxedQP:
         # counts as following the reference exactly needs no better one: measured, 200 EVs following a reference
         # to 1e-5 kW^2, the LP doubled the dispatch's time to prove a bound of 0 against 0)
         if self.polish_bound and all_modes and sse - max(bound, 0.0) > PROVEN_GAP * sse + negligible \
-                and sse > NEGLIGIBLE_SSE * float(self.p_ref @ self.p_ref):
+                and sse > NEGLIGIBLE_SSE * ref_sq:
             bound = max(bound, self._dual_bound(pc, pd, z, h, mask, polish_to=POLISH_LEFT * PROVEN_GAP * sse))
             if message and bound > 0:
                 message += f"; its answer is within {100 * (sse - bound) / bound:.2g} % of the proven bound"

@@ -192,6 +192,7 @@ def test_no_bound_polish_for_a_reference_followed_exactly(monkeypatch):
     from evagg.simulators.dcls import RelaxedQP
     from evagg.simulators.integer import NEGLIGIBLE_SSE
     from evagg.simulators.problem import Problem
+    from evagg.simulators.results import tracking_sse
 
     calls = []
     original = RelaxedQP._lp_energy_prices
@@ -205,7 +206,7 @@ def test_no_bound_polish_for_a_reference_followed_exactly(monkeypatch):
     problem = Problem.build(fleet, ref.start, ref.step, ref.n_steps)
     r = ref.p_ref_kw
     sol = RelaxedQP(problem, r).solve()
-    sse = float(np.sum(((sol.pc - sol.pd).sum(0) - r) ** 2))
+    sse = tracking_sse(sol.pc, sol.pd, r)
     assert sse <= NEGLIGIBLE_SSE * float(r @ r)  # the premise: followed exactly
     assert sol.lower_bound <= sse
     assert calls == []
