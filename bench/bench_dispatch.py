@@ -37,7 +37,7 @@ def one(method: str, n: int, kind: str, seed: int, time_limit: float | None) -> 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "method": method, "n": n, "kind": kind, "seed": seed, "time_s": elapsed, "sse": res.sse,
-        "lower_bound": res.lower_bound, "status": res.status, "violations": int(sum(res.violations.values())),
+        "lower_bound": res.lower_bound, "status": res.status, "message": res.message, "violations": int(sum(res.violations.values())),
         "peak_rss_mb": peak / 1024, "rss_before_mb": base_rss / 1024,
         "conflict_free": bool(np.all((res.pc <= 1e-9) | (res.pd <= 1e-9))),
     }
@@ -97,9 +97,17 @@ def main(argv=None) -> int:
                 t = statistics.median(r["time_s"] for r in rs)
                 rss = max(r["peak_rss_mb"] for r in rs)
                 viol = max(r["violations"] for r in rs)
-                print(f"| {n} | {kind} | {method} | {sse:.6g} | {gap} | {t:.2f} | {rss:.0f} | {viol} |")
+                # a method that handed its problem to another says so in its row (the message follows the table)
+                label = method + (" (fallback)" if any(r["status"] == "fallback" for r in rs) else "")
+                print(f"| {n} | {kind} | {label} | {sse:.6g} | {gap} | {t:.2f} | {rss:.0f} | {viol} |")
             if bound:
                 print(f"| {n} | {kind} | *lower bound* | {bound:.6g} | | | | |")
+    said = set()
+    for r in runs:
+        key = (r["method"], r["n"], r["kind"])
+        if r["status"] == "fallback" and key not in said:  # once per row: its repeats fail alike
+            said.add(key)
+            print(f"\n{r['method']}, {r['n']} EVs, {r['kind']}: {r.get('message', '')}")
     return 0
 
 
