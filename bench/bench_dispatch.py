@@ -37,7 +37,8 @@ def one(method: str, n: int, kind: str, seed: int, time_limit: float | None) -> 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "method": method, "n": n, "kind": kind, "seed": seed, "time_s": elapsed, "sse": res.sse,
-        "lower_bound": res.lower_bound, "status": res.status, "message": res.message, "violations": int(sum(res.violations.values())),
+        "lower_bound": res.lower_bound, "status": res.status, "message": res.message,
+        "violations": int(sum(res.violations.values())),
         "peak_rss_mb": peak / 1024, "rss_before_mb": base_rss / 1024,
         "conflict_free": bool(np.all((res.pc <= 1e-9) | (res.pd <= 1e-9))),
     }
