@@ -23,12 +23,14 @@ at most three solves in all (see integer.py). The first relaxation's dual gives 
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.linalg import cho_factor, cho_solve
 from scipy.optimize import linprog
+from threadpoolctl import ThreadpoolController
 
 from .integer import NEGLIGIBLE_SSE, dispatch_by_cuts
 from .limits import solver_limits
@@ -80,6 +82,23 @@ PRIMAL_REG = 1e-4  # the Newton matrix's primal regularisation, relative to the 
 SAFE_ELL_DROP = 600.0  # how far ell may fall over a window for exp(-ell), exp(ell) as factors (e^600 < 1e261)
 _CHUNK_ELEMENTS = 1 << 21  # EVs x steps^2 per dense block batch (16 MiB of float64)
 _GEMM_EVS = 20_000  # EVs per batch of the coordinator's matrix product (two EVs x T factors)
+
+
+# Grid limits make the coordinator (1 + R) T rows wide; up to this size it is factored with one BLAS thread: on 2
+# cores the threads' hand-offs cost more than they save on such small matrices (measured: the feeder's day with
+# dcls+grid, 1,000 EVs, coordinators of 288-544 rows, 345 -> 171 ms of re-plans a step; a 336-row Cholesky took
+# 2.1 ms median in the run, 0.9-1.1 ms alone). Larger coordinators were not measured and keep the threads, as do
+# unlimited fleets (2,000-10,000 EVs: 1-13 % faster with 2 threads).
+ONE_BLAS_THREAD_ROWS = 600
+_blas_controller: ThreadpoolController | None = None
+
+
+def _one_blas_thread():
+    """A context in which BLAS runs on one thread (the controller is made once: it scans the loaded libraries)."""
+    global _blas_controller
+    if _blas_controller is None:
+        _blas_controller = ThreadpoolController()
+    return _blas_controller.limit(limits=1, user_api="blas")
 
 
 class _Layout:
@@ -477,6 +496,11 @@ class RelaxedQP:
               start: RelaxedSolution | None = None) -> RelaxedSolution:
         """Solve for these mode restrictions ((N, T) bool; None = all modes allowed), from `start` if given: an
         answer on the same (N, T) grid (the last round's, or a shifted previous plan)."""
+        small_coordinator = self.R and (1 + self.R) * self.T <= ONE_BLAS_THREAD_ROWS
+        with _one_blas_thread() if small_coordinator else contextlib.nullcontext():
+            return self._solve(has_c, has_d, tol, max_iter, deadline, start)
+
+    def _solve(self, has_c, has_d, tol, max_iter, deadline, start) -> RelaxedSolution:
         lay, k = self.lay, self.kappa
         if lay.n == 0:
             return idle_solution(self.problem.n_evs, self.p_ref)

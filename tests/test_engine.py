@@ -526,3 +526,38 @@ def test_rounding_solves_stop_looser_but_stay_close(fleet50, kind, monkeypatch):
     sse_loose = tracking_sse(loose.pc, loose.pd, ref.p_ref_kw)
     sse_strict = tracking_sse(strict.pc, strict.pd, ref.p_ref_kw)
     assert abs(sse_loose - sse_strict) <= 1e-3 * float(ref.p_ref_kw @ ref.p_ref_kw)
+
+
+@pytest.mark.parametrize("limited", [False, True])
+def test_small_limited_coordinators_factor_on_one_blas_thread(limited, monkeypatch):
+    """Under grid limits the coordinator is (1 + R) T rows wide; up to dcls.ONE_BLAS_THREAD_ROWS BLAS runs on one
+    thread while it is solved (on 2 cores the threads' hand-offs doubled a grid-limited co-simulation's re-plans),
+    and the setting is restored afterwards; unlimited fleets keep whatever the process has."""
+    from threadpoolctl import threadpool_info
+
+    from evagg.simulators import dcls
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    fleet = synthetic_fleet(6, seed=3, v2g_share=0.5)
+    ref = synthetic_reference(fleet, seed=3)
+    problem = Problem.build(fleet, ref.start, ref.step, ref.n_steps)
+    if limited:
+        groups = {"bus 1": ([0, 1, 2], None, 20.0), "bus 2": ([2, 3], -5.0, 15.0)}
+        problem = problem.with_limits(Limits.build(6, ref.n_steps, p_max_kw=30.0, groups=groups))
+    seen = []
+    factor = dcls.RelaxedQP._factor
+
+    def recording(self, W):
+        seen.append(blas_threads())
+        return factor(self, W)
+
+    monkeypatch.setattr(dcls.RelaxedQP, "_factor", recording)
+    qp = dcls.RelaxedQP(problem, ref.p_ref_kw)
+    assert (1 + qp.R) * qp.T <= dcls.ONE_BLAS_THREAD_ROWS  # the premise: a small coordinator
+    sol = qp.solve()
+    assert sol.converged and seen
+    assert all(threads == ([1] * len(before) if limited else before) for threads in seen)
+    assert blas_threads() == before
