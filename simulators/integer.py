@@ -166,12 +166,12 @@ def _soc_dithered(problem: Problem, sol, conflict, share, use, phase) -> np.ndar
     one whose discharging would come that close to the least energy that still meets the need charges; the
     diffusion carries the difference, so the EV's counts still follow its shares."""
     n, T = conflict.shape
-    up = (problem.charge_gain * problem.pc_max)[:, None] * use  # kWh a charging step adds
+    flat_out = (problem.charge_gain * problem.pc_max)[:, None]  # kWh a step of charging at full power adds
+    up = flat_out * use  # kWh a charging step adds
     down = (problem.discharge_cost * problem.pd_max)[:, None] * use  # kWh a discharging step draws
     # the least energy after step t from which charging flat out over the steps left still meets the need
     steps_left = problem.stop[:, None] - 1 - np.arange(T)[None, :]
-    envelope = np.maximum(problem.floor[:, None], problem.need_end[:, None]
-                          - (problem.charge_gain * problem.pc_max)[:, None] * steps_left)
+    envelope = np.maximum(problem.floor[:, None], problem.need_end[:, None] - flat_out * steps_left)
     moved = problem.charge_gain[:, None] * sol.pc - problem.discharge_cost[:, None] * sol.pd
     acc, energy = phase.copy(), problem.e0.astype(float)
     charge = np.zeros((n, T), dtype=bool)

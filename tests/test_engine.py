@@ -82,16 +82,23 @@ def _dense_newton_matrix(qp, W):
     return K, to_arrays, to_vector
 
 
-@pytest.mark.parametrize("with_limits", [False, True])
-def test_decomposed_newton_step_equals_the_dense_solve(with_limits):
-    """Each EV's chain solved in closed form plus the coordinator's system (the aggregate, and the grid limit rows
-    when there are some: a fleet limit and two overlapping bus groups) == one dense Newton solve."""
+def _six_evs(with_limits: bool):
+    """Six synthetic EVs (half V2G) over a day, with grid limits if asked: a fleet limit and two overlapping bus
+    groups (three limit rows)."""
     fleet = synthetic_fleet(6, seed=3, v2g_share=0.5)
     ref = synthetic_reference(fleet, seed=3)
     problem = Problem.build(fleet, ref.start, ref.step, ref.n_steps)
     if with_limits:
         groups = {"bus 1": ([0, 1, 2], None, 20.0), "bus 2": ([2, 3], -5.0, 15.0)}
         problem = problem.with_limits(Limits.build(6, ref.n_steps, p_max_kw=30.0, groups=groups))
+    return problem, ref
+
+
+@pytest.mark.parametrize("with_limits", [False, True])
+def test_decomposed_newton_step_equals_the_dense_solve(with_limits):
+    """Each EV's chain solved in closed form plus the coordinator's system (the aggregate, and the grid limit rows
+    when there are some: a fleet limit and two overlapping bus groups) == one dense Newton solve."""
+    problem, ref = _six_evs(with_limits)
     qp = RelaxedQP(problem, ref.p_ref_kw)
     assert qp.R == (3 if with_limits else 0)
     lay = qp.lay
@@ -541,12 +548,7 @@ def test_small_limited_coordinators_factor_on_one_blas_thread(limited, monkeypat
         return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
 
     before = blas_threads()
-    fleet = synthetic_fleet(6, seed=3, v2g_share=0.5)
-    ref = synthetic_reference(fleet, seed=3)
-    problem = Problem.build(fleet, ref.start, ref.step, ref.n_steps)
-    if limited:
-        groups = {"bus 1": ([0, 1, 2], None, 20.0), "bus 2": ([2, 3], -5.0, 15.0)}
-        problem = problem.with_limits(Limits.build(6, ref.n_steps, p_max_kw=30.0, groups=groups))
+    problem, ref = _six_evs(limited)
     seen = []
     factor = dcls.RelaxedQP._factor
 
