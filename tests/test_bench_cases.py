@@ -256,3 +256,18 @@ def test_rounding_that_follows_energy_where_dithering_runs_evs_full(monkeypatch)
     monkeypatch.setattr(integer, "ROUNDINGS", ("spread",))
     pc1, pd1, *_ = integer.cut_and_fix(problem, r, qp.solve)
     assert tracking_sse(pc1, pd1, r) > bound * (1 + integer.CLOSE_TO_BOUND)
+
+
+def test_a_settled_relaxation_is_proven_by_lp_before_it_stalls():
+    """80 %-V2G surplus, 200 EVs, seed 4: the multipliers' bound stays noisy after the relaxed point has settled
+    (the solve used to run on and end "stalled", 29 iterations); proving the settled point's bound by the exact LP
+    of the worst EVs' energy prices (dcls.SETTLED) ends it converged, within PROVEN_GAP of its own SSE."""
+    from evagg.simulators import dcls
+    from evagg.simulators.problem import Problem
+
+    fleet, ref = cases.make_case("surplus_v2g80", 200, seed=4)
+    problem = Problem.build(fleet, ref.start, ref.step, ref.n_steps)
+    sol = dcls.RelaxedQP(problem, ref.p_ref_kw).solve()
+    sse = float(np.sum(((sol.pc - sol.pd).sum(axis=0) - ref.p_ref_kw) ** 2))
+    assert sol.converged, sol.message
+    assert sol.lower_bound <= sse <= sol.lower_bound + 2 * dcls.PROVEN_GAP * sse
