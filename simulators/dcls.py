@@ -579,7 +579,8 @@ class RelaxedQP:
             GTz = self._GT(z)
             rdc, rdd = gc_ - GTz[0], gd_ - GTz[1]
             rp = (self._G(pc, pd) - h - s) * mask
-            gap = float(np.sum(s * z * mask))
+            # (off the mask s = 1 and z = 0 throughout, and every direction's ds, dz is 0 there: see the updates)
+            gap = float(s @ z)
             mu = gap / m
             P = self._aggregate(pc, pd)
             obj = k * (float(np.sum((P - self.p_ref) ** 2)) + EPS_THROUGHPUT * float(np.sum(pc + pd))
@@ -629,8 +630,9 @@ class RelaxedQP:
             if deadline is not None and time.perf_counter() > deadline:
                 message = f"time limit after {it - 1} interior-point iterations"
                 break
-            W = np.where(mask, z / s, 0.0)
-            s_over_z = np.where(mask, s / np.where(mask, z, 1.0), 0.0)
+            W = z / s
+            z_safe = np.where(mask, z, 1.0)
+            s_over_z = np.where(mask, s / z_safe, 0.0)
             self._factor(W)
 
             def direction(rc, passes=REFINE_PASSES):
@@ -639,25 +641,27 @@ class RelaxedQP:
                 # scaled when barrier weights W span many orders of magnitude) until they are small against the
                 # right-hand side (REFINE_TO, REFINE_MERIT), at most `passes` solves: the conditioning says when.
                 q1c, q1d = -rdc, -rdd
-                q2 = np.where(mask, -rp - rc / np.where(mask, z, 1.0), 0.0)
+                q2 = -rp - rc / z_safe  # (rp and rc are 0 off the mask)
+                Wq2 = W * q2
                 size = max(REFINE_TO, REFINE_MERIT * merit) * max(
-                    float(np.max(np.abs(q1c))), float(np.max(np.abs(q1d))), float(np.max(np.abs(W * q2))), 1e-300)
+                    float(np.max(np.abs(q1c))), float(np.max(np.abs(q1d))), float(np.max(np.abs(Wq2))), 1e-300)
                 dpc = dpd = dz = Gd = None  # Gd: G (dpc, dpd), summed over the passes as they are (G is linear)
                 for _ in range(passes):
                     if dz is None:
-                        e1c, e1d, e2 = q1c, q1d, q2
+                        e1c, e1d, e2, We2 = q1c, q1d, q2, Wq2
                     else:
                         Hc, Hd = hess(dpc, dpd)
                         GTdz = self._GT(dz)
                         e1c, e1d = q1c - (Hc - GTdz[0]), q1d - (Hd - GTdz[1])
                         e2 = (q2 - (Gd + s_over_z * dz)) * mask
+                        We2 = W * e2
                         if max(float(np.max(np.abs(e1c))), float(np.max(np.abs(e1d))),
-                               float(np.max(np.abs(W * e2)))) <= size:
+                               float(np.max(np.abs(We2)))) <= size:
                             break
-                    GTv = self._GT(W * e2)
+                    GTv = self._GT(We2)
                     xc, xd = self._newton(e1c + GTv[0], e1d + GTv[1])
                     Gx = self._G(xc, xd)
-                    ez = W * (e2 - Gx) * mask
+                    ez = W * (e2 - Gx)
                     if dz is None:
                         dpc, dpd, dz, Gd = xc, xd, ez, Gx
                     else:
@@ -667,21 +671,21 @@ class RelaxedQP:
 
             def max_step(ds, dz):
                 with np.errstate(divide="ignore", invalid="ignore"):
-                    a1 = np.where(mask & (ds < 0), -s / ds, np.inf).min()
-                    a2 = np.where(mask & (dz < 0), -z / dz, np.inf).min()
+                    a1 = np.where(ds < 0, -s / ds, np.inf).min()
+                    a2 = np.where(dz < 0, -z / dz, np.inf).min()
                 return min(1.0, a1, a2)
 
-            rc = s * z * mask
+            rc = s * z
             _, _, ds_a, dz_a = direction(rc, passes=1)  # the predictor only sets the centring: no refinement
             a_aff = max_step(ds_a, dz_a)
-            mu_aff = float(np.sum((s + a_aff * ds_a) * (z + a_aff * dz_a) * mask)) / m
+            mu_aff = float((s + a_aff * ds_a) @ (z + a_aff * dz_a)) / m
             sigma = (mu_aff / mu) ** 3
             rc = (s * z + ds_a * dz_a - sigma * mu) * mask
             dpc, dpd, ds, dz = direction(rc)
             step = min(1.0, 0.99 * max_step(ds, dz))
             pc, pd = pc + step * dpc, pd + step * dpd
-            s = np.where(mask, s + step * ds, 1.0)
-            z = np.where(mask, z + step * dz, 0.0)
+            s = s + step * ds
+            z = z + step * dz
         else:
             message = f"no convergence in {max_iter} interior-point iterations"
         merit, pc, pd, z = best
