@@ -229,6 +229,7 @@ class RelaxedQP:
         self.cls_step = lay.per_ev(self.cls)
         self.row_keys = self.cls_step * self.T + lay.gidx  # (class, step) of each EV-step, for the row sums
         self.hc = self.hd = None  # the mode restrictions being solved for: set by `_set_modes`
+        self._batches = None  # see _gemm_batches
 
     def _set_modes(self, has_c: np.ndarray, has_d: np.ndarray):
         """Solve for these mode restrictions ((N, T) bool, within what each EV-step can do) from now on: the
@@ -386,20 +387,13 @@ class RelaxedQP:
         T = self.T
         M += np.bincount(cls * (T * T) + gidx * (T + 1), weights=diag,
                          minlength=C * T * T).reshape(C, T, T)  # onto each class's diagonal
-        left, right = -c * self.g_A, c * self.g_B
+        left, right = -c * self.g_A, c * self.g_B  # 0 on the steps of EVs that are not `safe`
         upper_t = self._upper_t
-        for k in range(C):
-            rows = np.flatnonzero(safe & (self.cls == k))
-            for s in range(0, len(rows), _GEMM_EVS):  # bounded memory: (EVs x T) factors per batch
-                r = rows[s:s + _GEMM_EVS]
-                rank = np.full(lay.n, -1)
-                rank[r] = np.arange(len(r))
-                at = rank[lay.ev]
-                sel = at >= 0
-                lg = np.zeros((len(r), T))
-                rg = np.zeros((len(r), T))
-                lg[at[sel], gidx[sel]], rg[at[sel], gidx[sel]] = left[sel], right[sel]
-                M[k] += np.where(upper_t, lg.T @ rg, 0.0)
+        for k, n_rows, steps, flat in self._gemm_batches():
+            lg = np.zeros(n_rows * T)
+            rg = np.zeros(n_rows * T)
+            lg[flat], rg[flat] = left[steps], right[steps]
+            M[k] += np.where(upper_t, lg.reshape(n_rows, T).T @ rg.reshape(n_rows, T), 0.0)
         # EVs whose factors could overflow: one exp per entry, a batch of similar windows at a time (the layout
         # puts the longest first).
         sw = self.g_swept
@@ -445,6 +439,23 @@ class RelaxedQP:
         # With limit rows the system is (1 + R) T wide: factor once, solve by triangular substitution (without
         # them it is T x T and the long-standing solve path is kept: its rounding is what the bounds were measured on).
         self.chol = cho_factor(S, lower=True, check_finite=False) if self.R else np.linalg.cholesky(S)
+
+    def _gemm_batches(self):
+        """[(class, EVs, their EV-steps, where those go in an (EVs x T) block)]: the coordinator's matrix product
+        in batches of at most _GEMM_EVS EVs of one class (bounded memory); the layout's, made once."""
+        if self._batches is None:
+            lay, T = self.lay, self.T
+            self._batches = []
+            for k in range(self.B.shape[0]):
+                rows = np.flatnonzero(self.cls == k)
+                for s in range(0, len(rows), _GEMM_EVS):
+                    r = rows[s:s + _GEMM_EVS]
+                    rank = np.full(lay.n, -1)
+                    rank[r] = np.arange(len(r))
+                    at = rank[lay.ev]
+                    steps = np.flatnonzero(at >= 0)
+                    self._batches.append((k, len(r), steps, at[steps] * T + lay.gidx[steps]))
+        return self._batches
 
     def _Kinv(self, gc, gd):
         """K^-1 g per EV (each EV's chain solved independently)."""
