@@ -654,7 +654,7 @@ class RelaxedQP:
                 q1c, q1d = -rdc, -rdd
                 q2 = -rp - rc / z_safe  # (rp and rc are 0 off the mask)
                 Wq2 = W * q2
-                size = max(REFINE_TO, REFINE_MERIT * merit) * max(
+                size = 0.0 if passes == 1 else max(REFINE_TO, REFINE_MERIT * merit) * max(
                     float(np.max(np.abs(q1c))), float(np.max(np.abs(q1d))), float(np.max(np.abs(Wq2))), 1e-300)
                 dpc = dpd = dz = Gd = None  # Gd: G (dpc, dpd), summed over the passes as they are (G is linear)
                 for _ in range(passes):
@@ -681,10 +681,9 @@ class RelaxedQP:
                 return dpc, dpd, ds, dz
 
             def max_step(ds, dz):
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    a1 = np.where(ds < 0, -s / ds, np.inf).min()
-                    a2 = np.where(dz < 0, -z / dz, np.inf).min()
-                return min(1.0, a1, a2)
+                # the longest step keeping s, z > 0: 1 / the largest relative decrease (s, z_safe > 0 everywhere)
+                fall = -min(float(np.min(ds / s)), float(np.min(dz / z_safe)))
+                return 1.0 if fall <= 1.0 else 1.0 / fall
 
             rc = s * z
             _, _, ds_a, dz_a = direction(rc, passes=1)  # the predictor only sets the centring: no refinement
