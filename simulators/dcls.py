@@ -643,7 +643,6 @@ class RelaxedQP:
                 break
             W = z / s
             z_safe = np.where(mask, z, 1.0)
-            s_over_z = np.where(mask, s / z_safe, 0.0)
             self._factor(W)
 
             def direction(rc, passes=REFINE_PASSES):
@@ -659,18 +658,18 @@ class RelaxedQP:
                 dpc = dpd = dz = Gd = None  # Gd: G (dpc, dpd), summed over the passes as they are (G is linear)
                 for _ in range(passes):
                     if dz is None:
-                        e1c, e1d, e2, We2 = q1c, q1d, q2, Wq2
+                        GTv = self._GT(Wq2)
+                        rhs_c, rhs_d, e2 = q1c + GTv[0], q1d + GTv[1], q2
                     else:
+                        # Only the first block's residual is left to refine: each pass sets its dz = W (e2 - G dx),
+                        # which zeroes the second block's, q2 - G dpc - (S/Z) dz, up to rounding (S/Z W = 1).
                         Hc, Hd = hess(dpc, dpd)
                         GTdz = self._GT(dz)
-                        e1c, e1d = q1c - (Hc - GTdz[0]), q1d - (Hd - GTdz[1])
-                        e2 = (q2 - (Gd + s_over_z * dz)) * mask
-                        We2 = W * e2
-                        if max(float(np.max(np.abs(e1c))), float(np.max(np.abs(e1d))),
-                               float(np.max(np.abs(We2)))) <= size:
+                        rhs_c, rhs_d = q1c - (Hc - GTdz[0]), q1d - (Hd - GTdz[1])
+                        if max(float(np.max(np.abs(rhs_c))), float(np.max(np.abs(rhs_d)))) <= size:
                             break
-                    GTv = self._GT(We2)
-                    xc, xd = self._newton(e1c + GTv[0], e1d + GTv[1])
+                        e2 = 0.0
+                    xc, xd = self._newton(rhs_c, rhs_d)
                     Gx = self._G(xc, xd)
                     ez = W * (e2 - Gx)
                     if dz is None:
