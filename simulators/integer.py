@@ -31,7 +31,8 @@ MAX_RELAXED_SOLVES = 3
 # discharges (one whose discharging would come that close to the need's envelope charges). "charge_first" is the
 # plain dithering with every EV's cycle starting on a charging step. The second runs only where the first is not
 # within 1 % of the bound, the accuracy the method states. Measured (case suite, 200 and 2,000 EVs, seeds 1-3,
-# against plain dithering "spread" then "charge_first"): strong swing 200 EVs seed 3 +39 % -> +0.05 %, 80 %-V2G
+# against plain dithering "spread" then "charge_first"): strong swing 200 EVs seed 3 +39 % -> +0.05 % (0.8 kW at
+# the one step the fleet cannot follow, and fragile: another first answer gives +39 % with "soc" too), 80 %-V2G
 # surplus 2,000 EVs +1.04/+1.06/+1.21 % -> +0.89/+0.95/+1.31 %, median at 2,000 EVs +0.65 % -> +0.58 %. Plain
 # dithering stays in `_dithered_charge` ("spread"): neither of the three dominates (the shipped 50-EV example:
 # dchr +3.5 % with "spread" or "soc", +1.3 % with "charge_first"; dcls the other way round).
