@@ -647,8 +647,8 @@ class RelaxedQP:
 
             def direction(rc, passes=REFINE_PASSES):
                 # The Newton system in augmented form [H, -G^T; G, S/Z] [dx; dz] = [q1; q2], solved through the
-                # reduced (H + G^T W G) dx = q1 + G^T W q2, then refined on the augmented residuals (those stay well
-                # scaled when barrier weights W span many orders of magnitude) until they are small against the
+                # reduced (H + G^T W G) dx = q1 + G^T W q2, then refined on the augmented system's residual (it stays
+                # well scaled when barrier weights W span many orders of magnitude) until it is small against the
                 # right-hand side (REFINE_TO, REFINE_MERIT), at most `passes` solves: the conditioning says when.
                 q1c, q1d = -rdc, -rdd
                 q2 = -rp - rc / z_safe  # (rp and rc are 0 off the mask)
